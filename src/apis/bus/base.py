@@ -1,0 +1,120 @@
+"""The Bus protocol (see DESIGN.md section 3).
+
+Payloads are JSON values (dict, list, str, int, float, bool, None); headers are strings.
+Subjects are dot-separated strings like ``apis.E001.Controller.data``.
+
+The key-value store holds the cluster's shared state: the Grid Master lock (whose revision is
+the fencing token), the deal registry, the global operation mode, the cluster policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+JSON = Any
+
+
+class BusError(Exception):
+    """Base of bus failures."""
+
+
+class NoHandlers(BusError):
+    """Nobody listens on the subject."""
+
+
+class RequestTimeout(BusError):
+    """No reply within the timeout."""
+
+
+class RemoteFailure(BusError):
+    """The handler replied with a failure (it raised); the message says why."""
+
+
+class KeyExists(BusError):
+    """`create` found the key already present."""
+
+
+class RevisionMismatch(BusError):
+    """`update` or `delete` named a revision that is no longer the key's latest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    subject: str
+    payload: JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+    reply: str | None = None  # set when the sender waits for a reply
+
+
+# A handler returns the reply payload (ignored for published messages). Raising an exception
+# sends a RemoteFailure to a requester.
+Handler = Callable[[Message], Awaitable[JSON]]
+
+
+class Subscription(Protocol):
+    async def unsubscribe(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: JSON
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A watch event: `entry` is None when the key was deleted or expired."""
+
+    key: str
+    entry: Entry | None
+
+
+class KeyValue(Protocol):
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def create(self, key: str, value: JSON) -> int:
+        """Store only if absent (or deleted/expired); return the revision, else KeyExists."""
+        ...
+
+    async def update(self, key: str, value: JSON, revision: int) -> int:
+        """Compare-and-set: store only if `revision` is the key's latest, else RevisionMismatch."""
+        ...
+
+    async def put(self, key: str, value: JSON) -> int: ...
+
+    async def delete(self, key: str, revision: int | None = None) -> None: ...
+
+    async def keys(self, prefix: str = "") -> list[str]: ...
+
+    def watch(self, prefix: str = "") -> AsyncIterator[Change]: ...
+
+
+class Bus(Protocol):
+    async def publish(
+        self, subject: str, payload: JSON = None, headers: Mapping[str, str] | None = None
+    ) -> None: ...
+
+    async def subscribe(
+        self, subject: str, handler: Handler, queue: str | None = None
+    ) -> Subscription:
+        """Every subscriber gets published messages; within a `queue` group only one does."""
+        ...
+
+    async def request(
+        self,
+        subject: str,
+        payload: JSON = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> JSON:
+        """Send to one handler and await its reply (NoHandlers, RequestTimeout, RemoteFailure)."""
+        ...
+
+    async def kv(self, bucket: str, ttl: float | None = None) -> KeyValue:
+        """The key-value bucket `bucket`; with `ttl`, entries not rewritten within it expire."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,51 @@
+"""hwConfig.json: one unit's hardware (battery capacity, converter limits, safety ranges)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from apis.config.base import ConfigModel, MinMax
+
+
+class MeterRanges(ConfigModel):
+    """Normal ranges of the converter's meters (`dcdc.meter.*`); outside them the unit stops."""
+
+    tmp: MinMax = MinMax(min=0, max=45)  # °C
+    vg: MinMax = MinMax(min=-4, max=380)  # V
+    vb: MinMax = MinMax(min=32, max=58.4)  # V
+    ig: MinMax = MinMax(min=-2.35, max=2.35)  # A
+    ib: MinMax = MinMax(min=-20, max=20)  # A
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MeterRanges:
+        for name in ("tmp", "vg", "vb", "ig", "ib"):
+            r: MinMax = getattr(self, name)
+            if r.min > r.max:
+                raise ValueError(f"{name}.min = {r.min} (must be <= {name}.max = {r.max})")
+        return self
+
+
+class DcdcRanges(ConfigModel):
+    meter: MeterRanges = MeterRanges()
+
+
+class SafetyRanges(ConfigModel):
+    dcdc: DcdcRanges = DcdcRanges()
+
+
+class HwSafety(ConfigModel):
+    range: SafetyRanges = SafetyRanges()
+
+
+class HwConfig(ConfigModel):
+    refreshing_period_msec: int = Field(5000, gt=0)
+    battery_nominal_capacity_wh: float = Field(4800, gt=0)  # Wh
+    grid_current_capacity_a: float = Field(2.3, gt=0)  # A: VR dig, max set-point
+    grid_current_allowance_a: float = Field(0.125, ge=0)  # A: checkpoint tolerance
+    droop_ratio: float = Field(0.039, ge=0)  # drg used during CV transfer
+    efficient_battery_grid_voltage_ratio: float | None = Field(6.5, gt=0)
+    safety: HwSafety = HwSafety()
+
+    @property
+    def meter_ranges(self) -> MeterRanges:
+        return self.safety.range.dcdc.meter

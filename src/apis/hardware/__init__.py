@@ -1,0 +1,1 @@
+"""The device side: converter modes, the DeviceDriver protocol, the Web API, serial protocols."""

@@ -6,7 +6,7 @@ lives here too (see `transition_steps`).
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 class ConverterMode(IntEnum):
@@ -53,3 +53,50 @@ _OPERATION_MODE = {
     ConverterMode.CHARGE: "Heteronomy CV",
 }
 _CODES = ", ".join(m.code for m in ConverterMode)
+
+
+class ModeChangeStep(Enum):
+    """One converter write of a mode change."""
+
+    SET_VOLTAGE = "dvg"  # grid voltage set-point and droop (dvg, drg) together
+    SET_CURRENT = "dig"  # grid current limit
+    SET_MODE = "mode"
+
+
+class ModeTransitionRefused(ValueError):
+    """A mode change the seed's table says APIS never makes (e.g. CV to CC)."""
+
+
+_LEAVE_STOP = (ModeChangeStep.SET_VOLTAGE, ModeChangeStep.SET_CURRENT, ModeChangeStep.SET_MODE)
+# Mode first, so the converter stops switching before its set-points move.
+_GO_TO_STOP = (ModeChangeStep.SET_MODE, ModeChangeStep.SET_VOLTAGE, ModeChangeStep.SET_CURRENT)
+# The new voltage reference must hold the right voltage the moment it takes over, and its
+# current limit must not cut in while it is still a CC unit.
+_CC_TO_CV = (ModeChangeStep.SET_VOLTAGE, ModeChangeStep.SET_MODE, ModeChangeStep.SET_CURRENT)
+
+_CC = (ConverterMode.DISCHARGE, ConverterMode.CHARGE)
+
+# The seed's mode-change table (from, to) -> order. Pairs absent here are never made by APIS.
+MODE_CHANGE_ORDER: dict[tuple[ConverterMode, ConverterMode], tuple[ModeChangeStep, ...]] = {
+    **{(ConverterMode.WAITING, to): _LEAVE_STOP for to in ConverterMode},
+    **{(cc, ConverterMode.WAITING): _GO_TO_STOP for cc in _CC},
+    (ConverterMode.VOLTAGE_REFERENCE, ConverterMode.WAITING): _GO_TO_STOP,
+    **{(cc, ConverterMode.VOLTAGE_REFERENCE): _CC_TO_CV for cc in _CC},
+}
+
+
+def transition_steps(
+    current: ConverterMode, target: ConverterMode
+) -> tuple[ModeChangeStep, ...]:
+    """The ordered converter writes that take the converter from `current` to `target`.
+
+    Raise `ModeTransitionRefused` for a change the seed's table marks "not done by APIS".
+    """
+    try:
+        return MODE_CHANGE_ORDER[(current, target)]
+    except KeyError:
+        allowed = ", ".join(t.code for (f, t) in MODE_CHANGE_ORDER if f is current)
+        raise ModeTransitionRefused(
+            f"mode = {target.code} from {current.code} ({current.operation_mode}): "
+            f"not a change APIS makes (allowed from {current.code}: {allowed})"
+        ) from None

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from apis.hardware.modes import ConverterMode
+
+if TYPE_CHECKING:
+    from apis.config.hwconfig import HwConfig
 
 APIS_TIME_FORMAT = "%Y/%m/%d-%H:%M:%S"
 
@@ -207,6 +210,28 @@ class CommandLimits:
     dig_max: float = 8.5162
     drg_max: float = 3.999
 
+    @classmethod
+    def from_hwconfig(cls, hw: HwConfig, device: CommandLimits | None = None) -> CommandLimits:
+        """The device's range narrowed by the unit's hwConfig.
+
+        dig_max = min(device, `gridCurrentCapacityA`); dvg = device range intersected with
+        `safety.range.dcdc.meter.vg`. An empty intersection is a configuration error.
+        """
+        device = device or cls()
+        vg = hw.safety.range.dcdc.meter.vg
+        dvg_min, dvg_max = max(device.dvg_min, vg.min), min(device.dvg_max, vg.max)
+        if dvg_min > dvg_max:
+            raise ValueError(
+                f"safety.range.dcdc.meter.vg = {vg.min}..{vg.max} (must overlap the "
+                f"converter's dvg range {device.dvg_min}..{device.dvg_max} V)"
+            )
+        return cls(
+            dvg_min=dvg_min,
+            dvg_max=dvg_max,
+            dig_max=min(device.dig_max, hw.grid_current_capacity_a),
+            drg_max=device.drg_max,
+        )
+
     def check(
         self,
         mode: ConverterMode | None = None,
@@ -224,3 +249,123 @@ class CommandLimits:
             raise CommandRefused(f"dig = {dig} (must be within 0..{self.dig_max} A)")
         if drg is not None and not (0.0 <= drg <= self.drg_max):
             raise CommandRefused(f"drg = {drg} (must be within 0..{self.drg_max})")
+
+
+# --- parsing the wire shapes back (used by the HTTP client) ---------------------------------
+
+
+def _object(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DriverError(f"{key} = {value!r} (must be a JSON object)")
+    return value
+
+
+def _number(obj: dict[str, Any], key: str, default: float, path: str) -> float:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DriverError(f"{path}.{key} = {value!r} (must be a number)")
+    return float(value)
+
+
+def converter_status_from_json(
+    obj: Any, previous: ConverterStatus | None = None
+) -> ConverterStatus:
+    """A `status` object; keys it lacks keep their `previous` values."""
+    status = _object(obj, "status")
+    if "status" in status:
+        try:
+            mode = ConverterMode.from_code(status["status"])
+        except (ValueError, AttributeError) as error:
+            raise DriverError(f"status.status: {error}") from None
+    elif previous is not None:
+        mode = previous.mode
+    else:
+        raise DriverError(f"status.status missing (status = {status!r})")
+    base = previous or ConverterStatus(mode)
+    return ConverterStatus(
+        mode=mode,
+        alarm=str(status.get("alarm", base.alarm)),
+        alarm_state=str(status.get("alarmState", base.alarm_state)),
+        running_state=str(status.get("runningState", base.running_state)),
+        status_name=str(status.get("statusName", base.status_name)),
+    )
+
+
+def converter_data_from_json(obj: Any, previous: ConverterData | None = None) -> ConverterData:
+    """A (possibly partial) `dcdc` object, deep-merged over `previous` as apis-main does."""
+    data = _object(obj, "dcdc")
+    if "status" in data:
+        status = converter_status_from_json(
+            data["status"], previous.status if previous else None
+        )
+    elif previous is not None:
+        status = previous.status
+    else:
+        raise DriverError(f"dcdc.status missing (keys: {sorted(data)})")
+    meter = previous.meter if previous else Meter()
+    if "meter" in data:
+        m = _object(data["meter"], "meter")
+        meter = Meter(**{k: _number(m, k, getattr(meter, k), "meter")
+                         for k in ("vg", "ig", "wg", "vb", "ib", "wb", "tmp")})
+    vdis = previous.vdis if previous else VoltageSetting()
+    if "vdis" in data:
+        v = _object(data["vdis"], "vdis")
+        vdis = VoltageSetting(dvg=_number(v, "dvg", vdis.dvg, "vdis"),
+                              drg=_number(v, "drg", vdis.drg, "vdis"))
+    param = previous.param if previous else CurrentSetting()
+    if "param" in data:
+        p = _object(data["param"], "param")
+        optional: dict[str, float | None] = {}
+        for key in ("ogv", "ugv", "cib", "obv", "ubv"):
+            old = getattr(param, key)
+            optional[key] = _number(p, key, old, "param") if key in p else old
+        param = CurrentSetting(dig=_number(p, "dig", param.dig, "param"), **optional)
+    return ConverterData(status=status, meter=meter, vdis=vdis, param=param)
+
+
+def battery_data_from_json(obj: Any) -> BatteryData:
+    """`{rsoc, battery_operation_status}`; a missing status (the original emulator) = 3."""
+    battery = _object(obj, "battery")
+    if "rsoc" not in battery or battery["rsoc"] is None:
+        raise DriverError(f"rsoc missing (keys: {sorted(battery)})")
+    status = battery.get("battery_operation_status")
+    if status is None:
+        status = BATTERY_SHARING_PERMITTED
+    valid = not isinstance(status, bool) and isinstance(status, int | float)
+    if not valid or status not in (0, 1, 2, 3):
+        raise DriverError(f"battery_operation_status = {status!r} (must be 0, 1, 2 or 3)")
+    return BatteryData(rsoc=_number(battery, "rsoc", 0.0, "battery"),
+                       battery_operation_status=int(status))
+
+
+def unit_data_from_flat_json(
+    obj: Any, time: datetime, previous: ConverterData | None = None
+) -> UnitData:
+    """The flat `/all/get` shape of `dcdc_v2`."""
+    flat = _object(obj, "/all/get")
+    return UnitData(
+        dcdc=converter_data_from_json(
+            {k: v for k, v in flat.items() if k in ("status", "meter", "vdis", "param")},
+            previous,
+        ),
+        battery=battery_data_from_json(flat),
+        time=time,
+    )
+
+
+def parse_apis_time(text: Any) -> datetime:
+    try:
+        return datetime.strptime(str(text), APIS_TIME_FORMAT)
+    except ValueError:
+        raise DriverError(f"time = {text!r} (must be {APIS_TIME_FORMAT})") from None
+
+
+def driver_version_from_json(obj: Any) -> DriverVersion:
+    """`comm_interface_version` (or the documented `comm_protocol_version`) with major 2."""
+    version = _object(obj, "version")
+    interface = version.get("comm_interface_version", version.get("comm_protocol_version"))
+    if not isinstance(interface, str) or "." not in interface:
+        raise DriverError(f"comm_interface_version = {interface!r} (must be 'major.minor')")
+    return DriverVersion(interface, str(version.get("dcdc_batt_comm_version", "")))

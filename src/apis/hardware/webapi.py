@@ -1,0 +1,340 @@
+"""The Device Driver Web API: a server for any DeviceDriver, and its HTTP client.
+
+Server (`create_driver_app`, `create_driver_router`): the `dcdc_v2` routes apis-main uses,
+all GET. Success is 200 with a JSON object; every failure is 400 with `{"err": reason}`. Unlike
+the original driver, every converter command is checked against `CommandLimits` before it
+reaches the driver; a refused command's body also carries `"refused": true`.
+
+Client (`DeviceDriverClient`): implements DeviceDriver over HTTP, with the `dcdc_v2` routes or
+the original emulator's per-unit routes (`dcdc_emulator`), a per-request timeout and a total
+number of attempts, as apis-main's `requestTimeoutMsec` and `retryLimit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from apis.hardware.driver import (
+    BatteryData,
+    CommandLimits,
+    CommandRefused,
+    ConverterData,
+    DeviceDriver,
+    DriverError,
+    DriverVersion,
+    UnitData,
+    battery_data_from_json,
+    converter_data_from_json,
+    driver_version_from_json,
+    parse_apis_time,
+    unit_data_from_flat_json,
+)
+from apis.hardware.modes import ConverterMode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 4380
+DEFAULT_HOST = "127.0.0.1"
+
+
+# --- server -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _SetCache:
+    """The last accepted set-points: a partial `/dcdc/set` fills its gaps from here."""
+
+    mode: ConverterMode | None = None
+    dvg: float | None = None
+    dig: float | None = None
+    drg: float | None = None
+
+    def clear(self) -> None:
+        self.mode = self.dvg = self.dig = self.drg = None
+
+
+def _err(message: str, *, refused: bool = False) -> JSONResponse:
+    body: dict[str, Any] = {"err": message}
+    if refused:
+        body["refused"] = True
+    return JSONResponse(body, status_code=400)
+
+
+def _decimal(name: str, text: str) -> float:
+    """A query value as a number; refuse text, NaN and infinities naming the parameter."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise CommandRefused(f"{name} = {text!r} (must be a decimal number)") from None
+    if not math.isfinite(value):
+        raise CommandRefused(f"{name} = {text!r} (must be a finite decimal number)")
+    return value
+
+
+async def _answer(work: Callable[[], Awaitable[dict[str, Any]]]) -> JSONResponse:
+    try:
+        return JSONResponse(await work())
+    except CommandRefused as error:
+        return _err(str(error), refused=True)
+    except DriverError as error:
+        return _err(str(error))
+    except Exception as error:  # the original answers 400 for anything; keep serving
+        log.exception("driver request failed")
+        return _err(f"{type(error).__name__}: {error}")
+
+
+def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRouter:
+    """The `dcdc_v2` routes for one unit, with their own set-point cache."""
+    router = APIRouter()
+    cache = _SetCache()
+
+    async def full_set(q: dict[str, str]) -> dict[str, Any]:
+        mode = ConverterMode.from_code(q["mode"]) if "mode" in q else cache.mode
+        if mode is None:
+            raise CommandRefused("No operationMode")
+        dig = _decimal("dig", q["dig"]) if "dig" in q else cache.dig
+        if dig is None:
+            raise CommandRefused("No dig")
+        dvg = _decimal("dvg", q["dvg"]) if "dvg" in q else cache.dvg
+        if dvg is None:
+            raise CommandRefused("No dvg")
+        drg = _decimal("drg", q["drg"]) if "drg" in q else (cache.drg or 0.0)
+        limits.check(mode=mode, dvg=dvg, dig=dig, drg=drg)
+        data = await driver.set(mode, dvg, dig, drg)
+        cache.mode, cache.dvg, cache.dig, cache.drg = mode, dvg, dig, drg
+        return data.to_json()
+
+    async def current_set(q: dict[str, str]) -> dict[str, Any]:
+        dig = _decimal("dig", q["dig"])
+        if cache.mode is None:
+            raise CommandRefused("No operationMode")
+        if cache.dvg is None:
+            raise CommandRefused("No dvg")
+        limits.check(dig=dig)
+        data = await driver.set_current(dig)
+        cache.dig = dig
+        return {"meter": data.meter.to_json(), "param": data.param.to_json()}
+
+    async def voltage_set(q: dict[str, str]) -> dict[str, Any]:
+        dvg = _decimal("dvg", q["dvg"])
+        drg = _decimal("drg", q["drg"]) if "drg" in q else (cache.drg or 0.0)
+        if cache.mode is None:
+            raise CommandRefused("No operationMode")
+        if cache.dig is None:
+            raise CommandRefused("No dig")
+        limits.check(dvg=dvg, drg=drg)
+        data = await driver.set_voltage(dvg, drg)
+        cache.dvg, cache.drg = dvg, drg
+        return {"meter": data.meter.to_json(), "vdis": data.vdis.to_json()}
+
+    @router.get("/dcdc/set")
+    async def dcdc_set(request: Request) -> JSONResponse:
+        q = dict(request.query_params)
+
+        async def work() -> dict[str, Any]:
+            try:
+                if "dig" in q and not q.keys() & {"dvg", "drg", "mode"}:
+                    return await current_set(q)
+                if "dvg" in q and not q.keys() & {"dig", "mode"}:
+                    return await voltage_set(q)
+                return await full_set(q)
+            except ValueError as error:  # ConverterMode.from_code names the bad mode
+                raise CommandRefused(str(error)) from None
+
+        return await _answer(work)
+
+    @router.get("/dcdc/get")
+    async def dcdc_get() -> JSONResponse:
+        async def work() -> dict[str, Any]:
+            return (await driver.read_converter()).to_json()
+
+        return await _answer(work)
+
+    @router.get("/dcdc/get/status")
+    async def dcdc_get_status() -> JSONResponse:
+        async def work() -> dict[str, Any]:
+            data = await driver.read_converter()
+            return {"status": data.status.to_json(), "meter": data.meter.to_json()}
+
+        return await _answer(work)
+
+    @router.get("/battery/get")
+    async def battery_get() -> JSONResponse:
+        async def work() -> dict[str, Any]:
+            return (await driver.read()).battery.to_json()
+
+        return await _answer(work)
+
+    @router.get("/all/get")
+    async def all_get() -> JSONResponse:
+        async def work() -> dict[str, Any]:
+            return (await driver.read()).to_flat_json()
+
+        return await _answer(work)
+
+    @router.get("/version/get")
+    async def version_get() -> JSONResponse:
+        async def work() -> dict[str, Any]:
+            return (await driver.version()).to_json()
+
+        return await _answer(work)
+
+    @router.get("/essx/hello")
+    async def hello() -> JSONResponse:
+        cache.clear()
+        return JSONResponse({"message": "hello world"})
+
+    return router
+
+
+def create_driver_app(driver: DeviceDriver, limits: CommandLimits) -> FastAPI:
+    """A FastAPI app serving `driver` with the `dcdc_v2` routes (mountable under a prefix)."""
+    app = FastAPI(title="APIS Device Driver", docs_url=None, redoc_url=None)
+    app.include_router(create_driver_router(driver, limits))
+    return app
+
+
+# --- client -----------------------------------------------------------------------------------
+
+RouteSet = Literal["dcdc_v2", "dcdc_emulator"]
+
+
+def _number_text(value: float) -> str:
+    return repr(float(value))
+
+
+class DeviceDriverClient:
+    """A DeviceDriver over HTTP: the unit software's view of a driver or the emulator.
+
+    `routes="dcdc_v2"` talks to this module's server (or the original dcdc_batt_comm);
+    `routes="dcdc_emulator"` to the original emulator's per-unit routes, which need `unit_id`.
+    Each request waits at most `request_timeout_msec`; a failure is retried until
+    `retry_limit` attempts in total were made. A refused command is not retried.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        routes: RouteSet = "dcdc_v2",
+        unit_id: str | None = None,
+        request_timeout_msec: int = 5000,
+        retry_limit: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if routes == "dcdc_emulator" and not unit_id:
+            raise ValueError("unit_id missing (the dcdc_emulator routes need it)")
+        if retry_limit < 1:
+            raise ValueError(f"retry_limit = {retry_limit} (must be >= 1)")
+        if request_timeout_msec <= 0:
+            raise ValueError(f"request_timeout_msec = {request_timeout_msec} (must be > 0)")
+        self.routes = routes
+        self.unit_id = unit_id
+        self.retry_limit = retry_limit
+        self._http = httpx.AsyncClient(
+            base_url=base_url, timeout=request_timeout_msec / 1000, transport=transport
+        )
+        self._converter: ConverterData | None = None
+
+    async def __aenter__(self) -> DeviceDriverClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def last_converter_data(self) -> ConverterData | None:
+        """The converter data as merged from every reply so far."""
+        return self._converter
+
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        last = ""
+        for _ in range(self.retry_limit):
+            try:
+                response = await self._http.get(path, params=params)
+            except httpx.HTTPError as error:
+                last = f"{type(error).__name__}: {error}"
+                continue
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if response.status_code == 200 and isinstance(body, dict):
+                return body
+            reason = body.get("err") if isinstance(body, dict) else None
+            last = f"HTTP {response.status_code}: {reason or response.text[:200]}"
+            if isinstance(body, dict) and body.get("refused"):
+                raise CommandRefused(str(reason))
+        raise DriverError(
+            f"Communication failed with Device Driver: GET {path} failed "
+            f"{self.retry_limit} times, last: {last}"
+        )
+
+    def _merge(self, obj: dict[str, Any]) -> ConverterData:
+        self._converter = converter_data_from_json(obj, self._converter)
+        return self._converter
+
+    async def _merge_partial(self, obj: dict[str, Any]) -> ConverterData:
+        """Partial replies lack `status`; learn it once if nothing was read before."""
+        if self._converter is None and "status" not in obj:
+            await self.read_converter()
+        return self._merge(obj)
+
+    async def read(self) -> UnitData:
+        if self.routes == "dcdc_v2":
+            body = await self._get("/all/get")
+            data = unit_data_from_flat_json(body, datetime.now(), self._converter)
+            self._converter = data.dcdc
+            return data
+        body = await self._get(f"/get/unit/{self.unit_id}")
+        if not body:
+            raise DriverError(f"unit_id = {self.unit_id!r} (unknown to the emulator)")
+        emu = body.get("emu")
+        if not isinstance(emu, dict):
+            raise DriverError(f"emu = {emu!r} (must be a JSON object)")
+        battery: BatteryData = battery_data_from_json(emu)
+        dcdc = self._merge(body.get("dcdc", {}))
+        time = parse_apis_time(body["time"]) if "time" in body else datetime.now()
+        return UnitData(dcdc=dcdc, battery=battery, time=time)
+
+    async def read_converter(self) -> ConverterData:
+        if self.routes == "dcdc_v2":
+            return self._merge(await self._get("/dcdc/get/status"))
+        body = await self._get(f"/get/dcdc/status/{self.unit_id}")
+        if not body:
+            raise DriverError(f"unit_id = {self.unit_id!r} (unknown to the emulator)")
+        return self._merge(body)
+
+    async def set(self, mode: ConverterMode, dvg: float, dig: float, drg: float) -> ConverterData:
+        params = {"mode": mode.code, "dvg": _number_text(dvg), "dig": _number_text(dig),
+                  "drg": _number_text(drg)}
+        path = "/dcdc/set" if self.routes == "dcdc_v2" else f"/set/dcdc/{self.unit_id}"
+        return self._merge(await self._get(path, params))
+
+    async def set_voltage(self, dvg: float, drg: float) -> ConverterData:
+        params = {"dvg": _number_text(dvg), "drg": _number_text(drg)}
+        path = "/dcdc/set" if self.routes == "dcdc_v2" else f"/set/dcdc/voltage/{self.unit_id}"
+        return await self._merge_partial(await self._get(path, params))
+
+    async def set_current(self, dig: float) -> ConverterData:
+        params = {"dig": _number_text(dig)}
+        path = "/dcdc/set" if self.routes == "dcdc_v2" else f"/set/dcdc/current/{self.unit_id}"
+        return await self._merge_partial(await self._get(path, params))
+
+    async def version(self) -> DriverVersion:
+        if self.routes == "dcdc_emulator":
+            # The emulator has no version route; apis-main skips negotiation with it.
+            return DriverVersion("2.0", "dcdc_emulator")
+        return driver_version_from_json(await self._get("/version/get"))

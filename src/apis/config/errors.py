@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,7 @@ def describe_pydantic_error(err: ErrorDetails) -> tuple[str, str]:
         # Our own validators already name the key, the value and the rule.
         text = str(ctx.get("error", err["msg"]))
         return _loc(loc), text
-    rules = {
+    rules: dict[str, Callable[[], str]] = {
         "greater_than": lambda: f"must be > {_num(ctx.get('gt'))}",
         "greater_than_equal": lambda: f"must be >= {_num(ctx.get('ge'))}",
         "less_than": lambda: f"must be < {_num(ctx.get('lt'))}",

@@ -134,7 +134,7 @@ def hw_config_json(capacity_wh: float) -> dict[str, Any]:
 
 def scenario_json(capacity_wh: float, t: Temperament) -> dict[str, Any]:
     def wh(share: float) -> int:
-        return int(round(capacity_wh * share))
+        return round(capacity_wh * share)
 
     excess, sufficient, scarce = wh(t.excess_from), wh(t.sufficient_from), wh(t.scarce_from)
     day = {

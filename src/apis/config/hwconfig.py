@@ -21,7 +21,7 @@ class MeterRanges(ConfigModel):
         for name in ("tmp", "vg", "vb", "ig", "ib"):
             r: MinMax = getattr(self, name)
             if r.min > r.max:
-                raise ValueError(f"{name}.min = {r.min} (must be <= {name}.max = {r.max})")
+                raise ValueError(f"{name}.min = {r.min:g} (must be <= {name}.max = {r.max:g})")
         return self
 
 

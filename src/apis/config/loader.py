@@ -50,7 +50,8 @@ def read_json(path: Path, name: str, problems: list[Problem]) -> Any | None:
     try:
         return strip_comments(json.loads(text))
     except json.JSONDecodeError as e:
-        problems.append(Problem(name, "", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"))
+        where = f"line {e.lineno} column {e.colno}"
+        problems.append(Problem(name, "", f"not valid JSON: {e.msg} at {where}"))
         return None
 
 
@@ -180,7 +181,8 @@ def load_cluster_files(
     if grid_path is not None:
         grid = load_model(GridConfig, grid_path, display_name(grid_path, root), problems)
     if problems or not units:
-        raise ConfigError(problems)
+        # Units that share a file would report its problems once each.
+        raise ConfigError(list(dict.fromkeys(problems)))
     if grid is None:
         grid = GridConfig.single_bus(u.unit_id for u in units)
     cluster = Cluster(root, units, units[0].policy, grid, grid_path)

@@ -19,7 +19,7 @@ class VoltageRange(ConfigModel):
     @model_validator(mode="after")
     def _ordered(self) -> VoltageRange:
         if self.min >= self.max:
-            raise ValueError(f"min = {self.min} (must be < max = {self.max})")
+            raise ValueError(f"min = {self.min:g} (must be < max = {self.max:g})")
         return self
 
 
@@ -228,8 +228,8 @@ class Policy(ConfigModel):
         r = self.operation_grid_voltage_v_range
         if not (r.min <= self.operation_grid_voltage_v <= r.max):
             raise ValueError(
-                f"operationGridVoltageV = {self.operation_grid_voltage_v} "
-                f"(must be within operationGridVoltageVRange {r.min}..{r.max})"
+                f"operationGridVoltageV = {self.operation_grid_voltage_v:g} "
+                f"(must be within operationGridVoltageVRange {r.min:g}..{r.max:g})"
             )
         for unit in self.large_capacity_unit_ids:
             if unit not in ids:

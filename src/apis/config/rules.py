@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import TYPE_CHECKING
 
 from apis.config.errors import Problem
-from apis.config.scenario import DAY_END, DAY_START, Scenario
+from apis.config.scenario import Scenario
 
 if TYPE_CHECKING:
     from apis.config.loader import Cluster, UnitFiles
@@ -137,23 +138,8 @@ def check_cluster(cluster: Cluster) -> tuple[list[Problem], list[Problem]]:
 def check_scenario(
     scenario: Scenario, capacity_wh: float, name: str, members: list[str]
 ) -> list[Problem]:
-    """Windows cover the day; each window's batteryStatus ranges cover 0..capacity exactly."""
+    """Each window's batteryStatus ranges cover 0..capacity exactly; limits fit the battery."""
     problems: list[Problem] = []
-    # Time windows: first match wins, so overlaps are allowed, gaps are not.
-    spans = sorted((w.start, w.end) for w in scenario.windows)
-    reach = DAY_START
-    for start, end in spans:
-        if start > reach:
-            problems.append(
-                Problem(name, "", f"time windows leave {reach}-{start} uncovered "
-                                  f"(windows must cover {DAY_START}-{DAY_END})")
-            )
-        reach = max(reach, end)
-    if reach < DAY_END:
-        problems.append(
-            Problem(name, "", f"time windows leave {reach}-{DAY_END} uncovered "
-                              f"(windows must cover {DAY_START}-{DAY_END})")
-        )
     for w in scenario.windows:
         prefix = f"{w.key}.batteryStatus"
         ranges = sorted(w.block.ranges, key=lambda r: -1e300 if r.lower is None else r.lower)
@@ -162,7 +148,7 @@ def check_scenario(
             problems.append(
                 Problem(name, prefix, f"(ranges start at {low:g} Wh; 0..{low:g} Wh is uncovered)")
             )
-        for a, b in zip(ranges, ranges[1:], strict=False):
+        for a, b in itertools.pairwise(ranges):
             if a.upper is None or (b.lower is not None and b.lower < a.upper):
                 problems.append(
                     Problem(name, prefix, f"(ranges {a.key!r} and {b.key!r} overlap)")

@@ -209,9 +209,27 @@ class Scenario:
             windows.append(TimeWindow(start, end, block))
         if not windows and not problems:
             problems.append(("", "no time window (need at least one 'hh:mm:ss-hh:mm:ss' key)"))
+        problems.extend(("", gap) for gap in _uncovered(windows))
         if problems:
             raise ScenarioError(problems)
         return cls(period, selection, tuple(windows))
+
+
+def _uncovered(windows: list[TimeWindow]) -> list[str]:
+    """Gaps in the day left by the windows (first match wins, so overlaps are fine)."""
+    if not windows:
+        return []
+    gaps = []
+    reach = DAY_START
+    for start, end in sorted((w.start, w.end) for w in windows):
+        if start > reach:
+            gaps.append(f"time windows leave {reach}-{start} uncovered "
+                        f"(windows must cover {DAY_START}-{DAY_END})")
+        reach = max(reach, end)
+    if reach < DAY_END:
+        gaps.append(f"time windows leave {reach}-{DAY_END} uncovered "
+                    f"(windows must cover {DAY_START}-{DAY_END})")
+    return gaps
 
 
 def _valid_time(text: str) -> bool:

@@ -1,0 +1,3 @@
+from apis.cli import main
+
+main()

@@ -295,13 +295,16 @@ class Address:
     ad2: int = 16
 
 
-def encode_read(command: Command, address: Address = Address()) -> bytes:
+DEFAULT_ADDRESS = Address()
+
+
+def encode_read(command: Command, address: Address = DEFAULT_ADDRESS) -> bytes:
     """The `n-1` request: no data."""
     return _frame(REQUEST_SFD, address.ad1, address.ad2, command.cmd, b"")
 
 
 def encode_write(
-    command: Command, values: Mapping[str, float], address: Address = Address()
+    command: Command, values: Mapping[str, float], address: Address = DEFAULT_ADDRESS
 ) -> bytes:
     """The `n-4` request. Raise `EzaEncodeError` for a value outside its field's range."""
     if not command.writable:
@@ -311,7 +314,11 @@ def encode_write(
 
 
 def encode_ack(
-    command: Command, raw: Mapping[str, int], address: Address = Address(), *, write: bool = False
+    command: Command,
+    raw: Mapping[str, int],
+    address: Address = DEFAULT_ADDRESS,
+    *,
+    write: bool = False,
 ) -> bytes:
     """An ACK reply carrying raw field values (what a converter sends)."""
     fields = command.written if write else command.fields
@@ -319,7 +326,7 @@ def encode_ack(
     return _frame(REPLY_SFD, address.ad1, address.ad2, command.cmd, data)
 
 
-def encode_nak(cmd: int, ercd: int, address: Address = Address()) -> bytes:
+def encode_nak(cmd: int, ercd: int, address: Address = DEFAULT_ADDRESS) -> bytes:
     return _frame(REPLY_SFD, address.ad1, address.ad2, (cmd | NAK_FLAG) & 0xFF,
                   struct.pack("<H", ercd))
 

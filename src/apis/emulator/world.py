@@ -1,0 +1,850 @@
+"""The emulated community: every unit's battery, house and converter plus the DC grid.
+
+State lives in numpy arrays (one entry per unit) and one `step(dt)` advances every unit at
+once: house PV and load, converter response, one nodal solve of the grid, losses, battery
+energy, temperatures and alarms, and the energy counters.
+
+Energy accounting, per unit and step (all in Wh):
+
+    battery change = pv - curtailed - load + bought - spilled - converter_loss
+                     + grid_in - grid_out
+
+`curtailed` is PV the full battery could not take; `spilled` is what a full battery still
+could not take once all PV was curtailed (grid charge arriving before the converter backs
+off; the original counted it as "wasted"); `bought` is what an empty battery could not give
+(drawn from the utility). For the grid: sum of (grid_out - grid_in) over units = line losses.
+
+Time: `step(dt)` is pure. `sync()` steps up to the running event loop's time (lazily, before
+every read or command), and `run()` is a task that calls it periodically; so the same world
+runs in real, scaled or virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import numpy as np
+from numpy.typing import NDArray
+
+from apis.config.grid import DEFAULT_LINE_RESISTANCE_OHM, GridConfig, GridLine, GridNode
+from apis.config.hwconfig import HwConfig
+from apis.emulator import battery
+from apis.emulator.converter import (
+    ALARM_STATE_NAMES,
+    CHARGE,
+    DISCHARGE,
+    RUNNING_STATE_NAMES,
+    STATUS_NAMES,
+    VOLTAGE_REFERENCE,
+    WAITING,
+    Alarm,
+    ConverterModel,
+    alarm_state,
+    alarm_text,
+    droop_resistance,
+    running_state,
+)
+from apis.emulator.grid import GridNetwork, GridSolution
+from apis.emulator.house import BuiltinProfiles, HouseProfiles
+from apis.hardware.driver import (
+    BATTERY_SHARING_DENIED,
+    BATTERY_SHARING_PERMITTED,
+    BatteryData,
+    ConverterData,
+    ConverterStatus,
+    CurrentSetting,
+    Meter,
+    UnitData,
+    VoltageSetting,
+)
+from apis.hardware.modes import ConverterMode
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+IntArray = NDArray[np.int64]
+
+DEFAULT_START = datetime(2020, 1, 1)
+_TOLERANCE_A = 1e-6  # current-limit alarms ignore rounding
+
+
+def unit_ids_for(n: int) -> list[str]:
+    """``E001`` .. ``E<n>``: the original emulator's unit IDs."""
+    return [f"E{i:03d}" for i in range(1, n + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class VoltageConflict:
+    """Two or more voltage references held up one connected part of the grid."""
+
+    time_s: float  # world time (s since start) when the conflict began
+    at: datetime
+    unit_ids: tuple[str, ...]
+    fight_current_a: float  # largest |grid current| of those references while it lasted
+    end_s: float | None = None  # world time when it ended (None: still going on)
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCounters:
+    """Cumulative energy (Wh) of one unit since the world was built."""
+
+    pv_wh: float
+    curtailed_wh: float
+    load_wh: float
+    bought_wh: float
+    spilled_wh: float
+    converter_loss_wh: float
+    grid_in_wh: float  # taken from the DC grid (charging)
+    grid_out_wh: float  # given to the DC grid (discharging)
+    battery_start_wh: float
+    battery_wh: float
+
+    @property
+    def balance_error_wh(self) -> float:
+        """Battery change minus the sum of the flows; zero up to rounding."""
+        flows = (
+            self.pv_wh - self.curtailed_wh - self.load_wh + self.bought_wh - self.spilled_wh
+            - self.converter_loss_wh + self.grid_in_wh - self.grid_out_wh
+        )
+        return (self.battery_wh - self.battery_start_wh) - flows
+
+    @property
+    def moved_wh(self) -> float:
+        """Total energy that moved through the unit (scale for the balance error)."""
+        return (
+            self.pv_wh + self.curtailed_wh + self.load_wh + self.bought_wh + self.spilled_wh
+            + self.converter_loss_wh + self.grid_in_wh + self.grid_out_wh
+        )
+
+
+# Per-unit arrays (resized together when units are added or removed).
+_UNIT_ARRAYS = (
+    "capacity_wh", "energy_wh", "energy_start_wh", "vb_min", "vb_max", "tmp_max", "ogv",
+    "ig_min", "ig_max", "ib_min", "ib_max",
+    "permitted", "deny_below", "permit_above", "fault_deny", "fault_alarm", "fault_extra_k",
+    "pv_override_w", "load_override_w",
+    "mode", "dvg", "dig", "drg", "i_cc", "v_ref", "cv_active", "over_temperature",
+    "temperature_c", "alarms",
+    "pv_w", "pv_used_w", "load_w", "vg", "ig", "wg", "wb", "vb", "ib", "loss_w",
+    "battery_power_w",
+    "pv_wh", "curtailed_wh", "load_wh", "bought_wh", "spilled_wh", "loss_wh", "grid_in_wh",
+    "grid_out_wh",
+)
+
+
+class World:
+    """A community of emulated units on one DC grid."""
+
+    # Per-unit state (see _UNIT_ARRAYS).
+    capacity_wh: FloatArray
+    energy_wh: FloatArray
+    energy_start_wh: FloatArray
+    vb_min: FloatArray
+    vb_max: FloatArray
+    tmp_max: FloatArray
+    ogv: FloatArray
+    ig_min: FloatArray
+    ig_max: FloatArray
+    ib_min: FloatArray
+    ib_max: FloatArray
+    deny_below: FloatArray
+    permit_above: FloatArray
+    fault_extra_k: FloatArray
+    pv_override_w: FloatArray
+    load_override_w: FloatArray
+    dvg: FloatArray
+    dig: FloatArray
+    drg: FloatArray
+    i_cc: FloatArray
+    v_ref: FloatArray
+    temperature_c: FloatArray
+    pv_w: FloatArray
+    pv_used_w: FloatArray
+    load_w: FloatArray
+    vg: FloatArray
+    ig: FloatArray
+    wg: FloatArray
+    wb: FloatArray
+    vb: FloatArray
+    ib: FloatArray
+    loss_w: FloatArray
+    battery_power_w: FloatArray
+    pv_wh: FloatArray
+    curtailed_wh: FloatArray
+    load_wh: FloatArray
+    bought_wh: FloatArray
+    spilled_wh: FloatArray
+    loss_wh: FloatArray
+    grid_in_wh: FloatArray
+    grid_out_wh: FloatArray
+    permitted: BoolArray
+    fault_deny: BoolArray
+    fault_alarm: BoolArray
+    cv_active: BoolArray
+    over_temperature: BoolArray
+    mode: IntArray
+    alarms: IntArray
+
+    def __init__(
+        self,
+        units: Sequence[tuple[str, HwConfig]],
+        grid: GridConfig | None = None,
+        profiles: HouseProfiles | None = None,
+        *,
+        seed: int = 0,
+        start: datetime = DEFAULT_START,
+        converter: ConverterModel | None = None,
+        initial_rsoc: float | Sequence[float] | None = None,
+        max_step_s: float = 1.0,
+    ) -> None:
+        if max_step_s <= 0:
+            raise ValueError(f"max_step_s = {max_step_s} (must be > 0)")
+        self.unit_ids: list[str] = [u for u, _ in units]
+        if len(set(self.unit_ids)) != len(self.unit_ids):
+            raise ValueError(f"unit ids = {self.unit_ids} (must be unique)")
+        self.hw_configs: list[HwConfig] = [hw for _, hw in units]
+        self.seed = seed
+        self.start = start
+        self.model = converter if converter is not None else ConverterModel()
+        self.max_step_s = max_step_s
+        self.grid_config = grid if grid is not None else GridConfig.single_bus(self.unit_ids)
+        self.grid = GridNetwork(self.grid_config)
+        self._unit_node = self.grid.unit_nodes(self.unit_ids)
+        n = len(self.unit_ids)
+        self.profiles: HouseProfiles = (
+            profiles if profiles is not None else BuiltinProfiles(n, seed=seed)
+        )
+        self.t = 0.0  # s since `start`
+        self.voltage_conflicts: list[VoltageConflict] = []
+        self._active_conflicts: dict[tuple[str, ...], int] = {}  # group -> record index
+        self.driver_delay_s: dict[str, float] = {}  # injected driver timeouts
+        self.line_loss_wh = np.zeros(len(self.grid.line_ids))
+        # Kept when units or lines are removed, so the grid balance still closes.
+        self.retired_grid_out_wh = 0.0  # net energy removed units gave to the grid
+        self.retired_line_loss_wh = 0.0
+        self.last_solution: GridSolution | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_origin = 0.0
+        self._index = {u: i for i, u in enumerate(self.unit_ids)}
+
+        self._init_arrays(n)
+        for i, hw in enumerate(self.hw_configs):
+            self._apply_hw(i, hw)
+        rsoc = self._initial_rsoc(initial_rsoc, n, 0)
+        self.energy_wh[:] = self.capacity_wh * rsoc / 100.0
+        self.energy_start_wh[:] = self.energy_wh
+        self.vb[:] = battery.battery_voltage(rsoc, self.vb_min, self.vb_max)
+        self.step(0.0)
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def with_units(
+        cls,
+        n: int,
+        hw: HwConfig | None = None,
+        *,
+        seed: int = 0,
+        **kwargs: object,
+    ) -> World:
+        """N units E001..E<N> on one bus bar with built-in profiles: needs no files."""
+        hw_config = hw if hw is not None else HwConfig()
+        units = [(u, hw_config) for u in unit_ids_for(n)]
+        return cls(units, seed=seed, **kwargs)  # type: ignore[arg-type]
+
+    def _init_arrays(self, n: int) -> None:
+        for name in _UNIT_ARRAYS:
+            setattr(self, name, np.zeros(n))
+        self.mode = np.full(n, WAITING, dtype=np.int64)
+        self.alarms = np.zeros(n, dtype=np.int64)
+        for name in ("permitted",):
+            setattr(self, name, np.ones(n, dtype=bool))
+        for name in ("fault_deny", "fault_alarm", "cv_active", "over_temperature"):
+            setattr(self, name, np.zeros(n, dtype=bool))
+        for name in ("deny_below", "permit_above", "pv_override_w", "load_override_w"):
+            setattr(self, name, np.full(n, np.nan))
+        self.temperature_c[:] = self.model.ambient_c
+        self.dvg[:] = 350.0
+
+    def _apply_hw(self, i: int, hw: HwConfig) -> None:
+        ranges = hw.meter_ranges
+        self.capacity_wh[i] = hw.battery_nominal_capacity_wh
+        self.vb_min[i], self.vb_max[i] = ranges.vb.min, ranges.vb.max
+        self.tmp_max[i] = ranges.tmp.max
+        self.ogv[i] = ranges.vg.max
+        self.ig_min[i], self.ig_max[i] = ranges.ig.min, ranges.ig.max
+        self.ib_min[i], self.ib_max[i] = ranges.ib.min, ranges.ib.max
+        self.dig[i] = 0.0
+        self.drg[i] = hw.droop_ratio
+
+    def _initial_rsoc(
+        self, initial: float | Sequence[float] | None, n: int, first_index: int
+    ) -> FloatArray:
+        if initial is None:
+            # Seeded spread so that units start apart and sharing has a reason.
+            return np.array(
+                [
+                    np.random.default_rng([self.seed, 3, first_index + i]).uniform(40.0, 70.0)
+                    for i in range(n)
+                ]
+            )
+        if isinstance(initial, (int, float)):
+            values = np.full(n, float(initial))
+        else:
+            values = np.asarray(initial, dtype=np.float64)
+            if values.shape != (n,):
+                raise ValueError(f"initial_rsoc: {len(values)} values (must be {n})")
+        if np.any((values < 0) | (values > 100)):
+            raise ValueError(f"initial_rsoc = {values.tolist()} (must be within 0..100 %)")
+        return values
+
+    # -- units, time -------------------------------------------------------------------
+
+    def index(self, unit_id: str) -> int:
+        try:
+            return self._index[unit_id]
+        except KeyError:
+            raise KeyError(
+                f"unit = {unit_id!r} (not emulated; units: {self._unit_range()})"
+            ) from None
+
+    def _unit_range(self) -> str:
+        if not self.unit_ids:
+            return "none"
+        return f"{self.unit_ids[0]}..{self.unit_ids[-1]}"
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_ids)
+
+    def now(self) -> datetime:
+        """Calendar time of the world."""
+        return self.start + timedelta(seconds=self.t)
+
+    @property
+    def rsoc(self) -> FloatArray:
+        return battery.rsoc_percent(self.energy_wh, self.capacity_wh)
+
+    @property
+    def sharing_permitted(self) -> NDArray[np.bool_]:
+        result: NDArray[np.bool_] = self.permitted & ~self.fault_deny
+        return result
+
+    @property
+    def voltage_conflict_active(self) -> bool:
+        return bool(self._active_conflicts)
+
+    def advance(self, seconds: float) -> None:
+        """Step forward `seconds` in steps of at most `max_step_s`."""
+        self.advance_to(self.t + seconds)
+
+    def advance_to(self, t: float) -> None:
+        span = t - self.t
+        if span <= 1e-12:
+            return
+        count = max(1, math.ceil(span / self.max_step_s - 1e-9))
+        dt = span / count
+        for _ in range(count - 1):
+            self.step(dt)
+        self.step(t - self.t)
+
+    def sync(self) -> None:
+        """Step up to the running loop's time (no-op outside a loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if loop is not self._loop:
+            # First use on this loop: world time continues from where it is.
+            self._loop = loop
+            self._loop_origin = loop.time() - self.t
+            return
+        self.advance_to(loop.time() - self._loop_origin)
+
+    async def run(self, period_s: float = 1.0) -> None:
+        """Step on the loop every `period_s` s of loop time until cancelled."""
+        if period_s <= 0:
+            raise ValueError(f"period_s = {period_s} (must be > 0)")
+        self.sync()
+        while True:
+            await asyncio.sleep(period_s)
+            self.sync()
+
+    # -- the step ----------------------------------------------------------------------
+
+    def step(self, dt: float) -> None:
+        """Advance every unit and the grid by `dt` seconds (dt = 0 re-solves in place)."""
+        if dt < 0 or not math.isfinite(dt):
+            raise ValueError(f"dt = {dt} (must be a finite number >= 0)")
+        model = self.model
+        at = self.now()
+        pv_profile, load_profile = self.profiles.power_w(self.t, at)
+        pv = np.where(np.isnan(self.pv_override_w), pv_profile, self.pv_override_w)
+        load = np.where(np.isnan(self.load_override_w), load_profile, self.load_override_w)
+
+        energy = self.energy_wh
+        rsoc = battery.rsoc_percent(energy, self.capacity_wh)
+        self.permitted = battery.auto_permission(
+            self.permitted, rsoc, self.deny_below, self.permit_above
+        )
+
+        tripped = self.fault_alarm | self.over_temperature
+        switching = (self.mode != WAITING) & ~tripped
+        cv = switching & (self.mode == VOLTAGE_REFERENCE)
+        cc = switching & ((self.mode == CHARGE) | (self.mode == DISCHARGE))
+        source_units = np.flatnonzero(cv)
+        source_nodes = self._unit_node[source_units]
+        unit_live = self.grid.live_nodes(source_nodes)[self._unit_node]
+
+        # CC: a converter needs a live grid above its under-voltage threshold and a battery
+        # that can give (discharge) or take (charge).
+        full = energy >= self.capacity_wh
+        empty = energy <= 0.0
+        battery_blocked = cc & (
+            ((self.mode == DISCHARGE) & empty) | ((self.mode == CHARGE) & full)
+        )
+        grid_ok = unit_live & (self.vg >= model.under_voltage_v)
+        target = np.where(self.mode == DISCHARGE, self.dig, -self.dig)
+        target = np.where(cc & grid_ok & ~battery_blocked, target, 0.0)
+        self.i_cc = np.where(cc & unit_live, model.follow_current(self.i_cc, target, dt), 0.0)
+
+        # CV: a starting reference ramps from the grid's present voltage.
+        starting = cv & ~self.cv_active
+        self.v_ref = np.where(starting, self.vg, self.v_ref)
+        self.v_ref = np.where(cv, model.ramp_voltage(self.v_ref, self.dvg, dt), 0.0)
+        self.cv_active = cv
+        r_source = model.output_resistance_ohm + droop_resistance(self.dvg, self.drg)
+        source_g = 1.0 / r_source[source_units]
+
+        injection = np.zeros(self.grid.n_nodes)
+        injection[self._unit_node] = self.i_cc
+        solution = self.grid.solve(source_nodes, source_g, self.v_ref[source_units], injection)
+        self.last_solution = solution
+        i_out = self.i_cc.copy()
+        i_out[source_units] = solution.source_i
+        vg = np.where(unit_live, solution.node_v[self._unit_node], 0.0)
+        wg = -vg * i_out  # positive while the unit takes power from the grid
+        loss = model.loss_w(wg, switching)
+        wb = wg - loss
+
+        # Energy (Wh) over the step.
+        hours = dt / 3600.0
+        pv_e = pv * hours
+        load_e = load * hours
+        grid_e = wg * hours
+        loss_e = loss * hours
+        unclamped = energy + pv_e - load_e + grid_e - loss_e
+        surplus = np.maximum(unclamped - self.capacity_wh, 0.0)
+        curtailed = np.minimum(surplus, pv_e)
+        spilled = surplus - curtailed
+        bought = np.maximum(-unclamped, 0.0)
+        new_energy = np.clip(unclamped, 0.0, self.capacity_wh)
+
+        self.pv_wh += pv_e
+        self.curtailed_wh += curtailed
+        self.load_wh += load_e
+        self.bought_wh += bought
+        self.spilled_wh += spilled
+        self.loss_wh += loss_e
+        self.grid_in_wh += np.maximum(grid_e, 0.0)
+        self.grid_out_wh += np.maximum(-grid_e, 0.0)
+        self.line_loss_wh += solution.line_loss_w * hours
+        if dt > 0:
+            self.battery_power_w = (new_energy - energy) / hours
+            self.pv_used_w = pv - curtailed / hours
+        else:
+            self.battery_power_w = pv - load + wb
+            self.pv_used_w = pv.copy()
+        self.energy_wh = new_energy
+
+        # Meters.
+        new_rsoc = battery.rsoc_percent(new_energy, self.capacity_wh)
+        self.vb = battery.battery_voltage(new_rsoc, self.vb_min, self.vb_max)
+        self.ib = wb / self.vb
+        self.vg, self.ig, self.wg, self.wb, self.loss_w = vg, -i_out, wg, wb, loss
+        self.pv_w, self.load_w = pv, load
+
+        # Temperature and its trip (with hysteresis).
+        self.temperature_c = model.temperature_after(
+            self.temperature_c, loss, self.fault_extra_k, dt
+        )
+        hot = self.temperature_c > self.tmp_max
+        cool = self.temperature_c < self.tmp_max - model.over_temperature_hysteresis_k
+        self.over_temperature = (self.over_temperature | hot) & ~cool
+
+        conflict = self._check_conflicts(source_units, solution, i_out, at)
+        self._update_alarms(cc, cv, battery_blocked, grid_ok, i_out, conflict)
+        self.t += dt
+
+    def _check_conflicts(
+        self, source_units: NDArray[np.intp], solution: GridSolution, i_out: FloatArray,
+        at: datetime,
+    ) -> NDArray[np.bool_]:
+        conflict = np.zeros(self.n_units, dtype=bool)
+        active: dict[tuple[str, ...], int] = {}
+        if len(source_units) >= 2:
+            labels = solution.component[self._unit_node[source_units]]
+            counts = np.bincount(labels)
+            for label in np.flatnonzero(counts >= 2):
+                members = source_units[labels == label]
+                conflict[members] = True
+                group = tuple(self.unit_ids[i] for i in members)
+                fight = float(np.max(np.abs(i_out[members])))
+                index = self._active_conflicts.get(group)
+                if index is None:
+                    index = len(self.voltage_conflicts)
+                    self.voltage_conflicts.append(
+                        VoltageConflict(self.t, at, group, fight_current_a=fight)
+                    )
+                else:
+                    record = self.voltage_conflicts[index]
+                    if fight > record.fight_current_a:
+                        self.voltage_conflicts[index] = replace(record, fight_current_a=fight)
+                active[group] = index
+        for group, index in self._active_conflicts.items():
+            if group not in active:
+                self.voltage_conflicts[index] = replace(
+                    self.voltage_conflicts[index], end_s=self.t
+                )
+        self._active_conflicts = active
+        return conflict
+
+    def _update_alarms(
+        self,
+        cc: NDArray[np.bool_],
+        cv: NDArray[np.bool_],
+        battery_blocked: NDArray[np.bool_],
+        grid_ok: NDArray[np.bool_],
+        i_out: FloatArray,
+        conflict: NDArray[np.bool_],
+    ) -> None:
+        alarms = np.zeros(self.n_units, dtype=np.int64)
+
+        def flag(mask: NDArray[np.bool_], bit: Alarm) -> None:
+            alarms[mask] |= int(bit)
+
+        flag(self.over_temperature, Alarm.OVER_TEMPERATURE)
+        flag(self.fault_alarm, Alarm.INJECTED)
+        flag(cc & ~grid_ok, Alarm.GRID_UNDER_VOLTAGE)
+        flag(self.vg > self.ogv, Alarm.GRID_OVER_VOLTAGE)
+        over_current = (
+            (cv & (np.abs(i_out) > self.dig + _TOLERANCE_A))
+            | (self.ig > self.ig_max + _TOLERANCE_A)
+            | (self.ig < self.ig_min - _TOLERANCE_A)
+            | (self.ib > self.ib_max + _TOLERANCE_A)
+            | (self.ib < self.ib_min - _TOLERANCE_A)
+        )
+        flag(over_current, Alarm.CURRENT_LIMIT)
+        flag(conflict, Alarm.VOLTAGE_CONFLICT)
+        flag(battery_blocked, Alarm.BATTERY_LIMIT)
+        self.alarms = alarms
+
+    # -- commands ----------------------------------------------------------------------
+
+    def set_converter(
+        self, unit_id: str, mode: ConverterMode, dvg: float, dig: float, drg: float
+    ) -> None:
+        """Mode, grid voltage, current and droop at once (no limit checks: see the driver)."""
+        i = self.index(unit_id)
+        self._check_values(dvg=dvg, dig=dig, drg=drg)
+        self.sync()
+        self.dvg[i], self.dig[i], self.drg[i] = dvg, dig, drg
+        self.mode[i] = int(ConverterMode(mode))
+        self.step(0.0)
+
+    def set_voltage(self, unit_id: str, dvg: float, drg: float) -> None:
+        i = self.index(unit_id)
+        self._check_values(dvg=dvg, drg=drg)
+        self.sync()
+        self.dvg[i], self.drg[i] = dvg, drg
+        self.step(0.0)
+
+    def set_current(self, unit_id: str, dig: float) -> None:
+        i = self.index(unit_id)
+        self._check_values(dig=dig)
+        self.sync()
+        self.dig[i] = dig
+        self.step(0.0)
+
+    @staticmethod
+    def _check_values(**values: float) -> None:
+        for key, value in values.items():
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{key} = {value} (must be a finite number >= 0)")
+
+    def set_rsoc(self, unit_id: str, rsoc: float) -> None:
+        """Overwrite the state of charge (demo and tests); counted as a new starting point."""
+        i = self.index(unit_id)
+        if not 0.0 <= rsoc <= 100.0:
+            raise ValueError(f"rsoc = {rsoc} (must be within 0..100 %)")
+        self.sync()
+        new_energy = self.capacity_wh[i] * rsoc / 100.0
+        self.energy_start_wh[i] += new_energy - self.energy_wh[i]
+        self.energy_wh[i] = new_energy
+        self.step(0.0)
+
+    def set_sharing_permitted(self, unit_id: str, permitted: bool) -> None:
+        """The battery's own permission flag (automatic thresholds may change it again)."""
+        self.sync()
+        self.permitted[self.index(unit_id)] = permitted
+
+    def set_auto_permission(
+        self, unit_id: str, deny_below: float | None, permit_above: float | None
+    ) -> None:
+        """Deny sharing below `deny_below` %, permit again from `permit_above` %; None: off."""
+        i = self.index(unit_id)
+        if (deny_below is None) != (permit_above is None):
+            raise ValueError("deny_below and permit_above (give both or neither)")
+        if deny_below is not None and permit_above is not None and deny_below > permit_above:
+            raise ValueError(
+                f"deny_below = {deny_below} (must be <= permit_above = {permit_above})"
+            )
+        self.sync()
+        self.deny_below[i] = np.nan if deny_below is None else deny_below
+        self.permit_above[i] = np.nan if permit_above is None else permit_above
+        self.step(0.0)
+
+    def set_house_override(
+        self, unit_id: str, pv_w: float | None = None, load_w: float | None = None
+    ) -> None:
+        """Hold PV and/or load at a fixed value (None: back to the profile)."""
+        i = self.index(unit_id)
+        for key, value in (("pv_w", pv_w), ("load_w", load_w)):
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"{key} = {value} (must be a finite number >= 0)")
+        self.sync()
+        self.pv_override_w[i] = np.nan if pv_w is None else pv_w
+        self.load_override_w[i] = np.nan if load_w is None else load_w
+        self.step(0.0)
+
+    # -- faults ------------------------------------------------------------------------
+
+    def inject_sharing_denied(self, unit_id: str, denied: bool = True) -> None:
+        """The battery reports "interchange denied" whatever its own flag says."""
+        self.sync()
+        self.fault_deny[self.index(unit_id)] = denied
+
+    def inject_converter_alarm(self, unit_id: str, active: bool = True) -> None:
+        """A heavy converter alarm: the converter trips and stops switching."""
+        self.sync()
+        self.fault_alarm[self.index(unit_id)] = active
+        self.step(0.0)
+
+    def inject_over_temperature(self, unit_id: str, extra_k: float = 40.0) -> None:
+        """Heat the converter `extra_k` above its normal temperature (a blocked fan)."""
+        i = self.index(unit_id)
+        self.sync()
+        self.fault_extra_k[i] = extra_k
+        if extra_k > 0:
+            # Jump rather than wait a thermal time constant: tests want the trip now.
+            self.temperature_c[i] += extra_k
+        self.step(0.0)
+
+    def inject_driver_timeout(self, unit_id: str, delay_s: float | None = 5.0) -> None:
+        """The unit's driver hangs `delay_s` s of loop time, then raises; None clears it."""
+        self.index(unit_id)
+        if delay_s is None:
+            self.driver_delay_s.pop(unit_id, None)
+        else:
+            if delay_s < 0:
+                raise ValueError(f"delay_s = {delay_s} (must be >= 0)")
+            self.driver_delay_s[unit_id] = delay_s
+
+    def break_line(self, line_id: str, broken: bool = True) -> None:
+        """Open (or repair) a grid line."""
+        self.sync()
+        self.grid.set_line_broken(line_id, broken)
+        self.step(0.0)
+
+    def clear_faults(self, unit_id: str) -> None:
+        """Remove every injected fault of one unit."""
+        i = self.index(unit_id)
+        self.sync()
+        self.fault_deny[i] = False
+        self.fault_alarm[i] = False
+        self.fault_extra_k[i] = 0.0
+        self.driver_delay_s.pop(unit_id, None)
+        self.step(0.0)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def counters(self, unit_id: str) -> UnitCounters:
+        i = self.index(unit_id)
+        return UnitCounters(
+            pv_wh=float(self.pv_wh[i]),
+            curtailed_wh=float(self.curtailed_wh[i]),
+            load_wh=float(self.load_wh[i]),
+            bought_wh=float(self.bought_wh[i]),
+            spilled_wh=float(self.spilled_wh[i]),
+            converter_loss_wh=float(self.loss_wh[i]),
+            grid_in_wh=float(self.grid_in_wh[i]),
+            grid_out_wh=float(self.grid_out_wh[i]),
+            battery_start_wh=float(self.energy_start_wh[i]),
+            battery_wh=float(self.energy_wh[i]),
+        )
+
+    @property
+    def total_line_loss_wh(self) -> float:
+        """Energy lost in the lines since the start (including lines removed since)."""
+        return float(self.line_loss_wh.sum()) + self.retired_line_loss_wh
+
+    @property
+    def grid_balance_error_wh(self) -> float:
+        """Energy the units gave the grid minus the line losses; zero up to rounding."""
+        given = float(np.sum(self.grid_out_wh - self.grid_in_wh)) + self.retired_grid_out_wh
+        return given - self.total_line_loss_wh
+
+    def line_losses_wh(self) -> dict[str, float]:
+        return dict(zip(self.grid.line_ids, self.line_loss_wh.tolist(), strict=True))
+
+    def node_voltages(self) -> dict[str, float]:
+        if self.last_solution is None:
+            return {}
+        return dict(zip(self.grid.node_ids, self.last_solution.node_v.tolist(), strict=True))
+
+    def line_currents(self) -> dict[str, float]:
+        if self.last_solution is None:
+            return {}
+        return dict(zip(self.grid.line_ids, self.last_solution.line_i.tolist(), strict=True))
+
+    def tripped(self, i: int) -> bool:
+        return bool(self.fault_alarm[i] or self.over_temperature[i])
+
+    def alarm_flags(self, unit_id: str) -> Alarm:
+        return Alarm(int(self.alarms[self.index(unit_id)]))
+
+    def converter_data(self, unit_id: str) -> ConverterData:
+        i = self.index(unit_id)
+        mode = ConverterMode(int(self.mode[i]))
+        alarms = int(self.alarms[i])
+        tripped = self.tripped(i)
+        status = ConverterStatus(
+            mode=mode,
+            alarm=alarm_text(alarms, int(mode), tripped),
+            alarm_state=ALARM_STATE_NAMES[alarm_state(alarms)],
+            running_state=RUNNING_STATE_NAMES[running_state(int(mode), tripped)],
+            status_name=STATUS_NAMES[mode],
+        )
+        meter = Meter(
+            vg=float(self.vg[i]), ig=float(self.ig[i]), wg=float(self.wg[i]),
+            vb=float(self.vb[i]), ib=float(self.ib[i]), wb=float(self.wb[i]),
+            tmp=float(self.temperature_c[i]),
+        )
+        param = CurrentSetting(
+            dig=float(self.dig[i]), ogv=float(self.ogv[i]), ugv=self.model.under_voltage_v,
+            cib=float(self.ib_max[i]), obv=float(self.vb_max[i]), ubv=float(self.vb_min[i]),
+        )
+        return ConverterData(
+            status=status, meter=meter,
+            vdis=VoltageSetting(dvg=float(self.dvg[i]), drg=float(self.drg[i])), param=param,
+        )
+
+    def battery_data(self, unit_id: str) -> BatteryData:
+        i = self.index(unit_id)
+        permitted = bool(self.sharing_permitted[i])
+        return BatteryData(
+            rsoc=float(self.rsoc[i]),
+            battery_operation_status=(
+                BATTERY_SHARING_PERMITTED if permitted else BATTERY_SHARING_DENIED
+            ),
+        )
+
+    def unit_data(self, unit_id: str) -> UnitData:
+        return UnitData(
+            dcdc=self.converter_data(unit_id), battery=self.battery_data(unit_id), time=self.now()
+        )
+
+    # -- adding and removing units (the original's /add/unit and /remove/unit) ----------
+
+    def add_unit(
+        self,
+        unit_id: str | None = None,
+        hw: HwConfig | None = None,
+        *,
+        attach_to: str = "BUS",
+        resistance_ohm: float = DEFAULT_LINE_RESISTANCE_OHM,
+        rsoc: float | None = None,
+    ) -> str:
+        """Add a unit joined to node `attach_to` by a new line; returns its ID."""
+        self.sync()
+        new_id = unit_id if unit_id is not None else f"E{self.n_units + 1:03d}"
+        if new_id in self._index:
+            raise ValueError(f"unit = {new_id!r} (already emulated)")
+        if attach_to not in self.grid.node_index:
+            raise ValueError(f"attach_to = {attach_to!r} (not a node of the grid)")
+        config = self.grid_config
+        nodes = [*config.nodes, GridNode(id=new_id, kind="unit")]
+        lines = [
+            *config.lines,
+            GridLine(
+                id=f"{new_id}-{attach_to}", from_node=new_id, to_node=attach_to,
+                resistance_ohm=resistance_ohm,
+            ),
+        ]
+        hw_config = hw if hw is not None else HwConfig()
+        self._resize(self.n_units + 1, keep=np.arange(self.n_units))
+        self.unit_ids.append(new_id)
+        self.hw_configs.append(hw_config)
+        i = self.n_units - 1
+        self._init_unit(i)
+        self._apply_hw(i, hw_config)
+        start_rsoc = self._initial_rsoc(rsoc, 1, i)
+        self.energy_wh[i] = self.capacity_wh[i] * start_rsoc[0] / 100.0
+        self.energy_start_wh[i] = self.energy_wh[i]
+        self._rebuild_grid(GridConfig(nodes=nodes, lines=lines))
+        return new_id
+
+    def remove_unit(self, unit_id: str | None = None) -> str:
+        """Remove a unit (default: the last) and its node and lines; returns its ID."""
+        if not self.unit_ids:
+            raise ValueError("remove unit: no units left")
+        self.sync()
+        gone = unit_id if unit_id is not None else self.unit_ids[-1]
+        i = self.index(gone)
+        keep = np.array([k for k in range(self.n_units) if k != i], dtype=np.intp)
+        self.retired_grid_out_wh += float(self.grid_out_wh[i] - self.grid_in_wh[i])
+        config = self.grid_config
+        nodes = [n for n in config.nodes if n.id != gone]
+        lines = [ln for ln in config.lines if gone not in (ln.from_node, ln.to_node)]
+        self._resize(self.n_units - 1, keep=keep)
+        del self.unit_ids[i]
+        del self.hw_configs[i]
+        self.driver_delay_s.pop(gone, None)
+        self._rebuild_grid(GridConfig(nodes=nodes, lines=lines))
+        return gone
+
+    def _resize(self, n: int, keep: NDArray[np.intp]) -> None:
+        for name in _UNIT_ARRAYS:
+            old = getattr(self, name)
+            new = np.zeros(n, dtype=old.dtype)
+            new[: len(keep)] = old[keep]
+            setattr(self, name, new)
+        self.profiles.resize(n)
+
+    def _init_unit(self, i: int) -> None:
+        self.mode[i] = WAITING
+        self.permitted[i] = True
+        for name in ("deny_below", "permit_above", "pv_override_w", "load_override_w"):
+            getattr(self, name)[i] = np.nan
+        self.temperature_c[i] = self.model.ambient_c
+        self.dvg[i] = 350.0
+
+    def _rebuild_grid(self, config: GridConfig) -> None:
+        broken = {
+            line for line, b in zip(self.grid.line_ids, self.grid.broken, strict=True) if b
+        }
+        old_losses = dict(zip(self.grid.line_ids, self.line_loss_wh, strict=True))
+        self.grid_config = config
+        self.grid = GridNetwork(config)
+        for line in broken & set(self.grid.line_ids):
+            self.grid.set_line_broken(line, True)
+        self.line_loss_wh = np.array([old_losses.get(line, 0.0) for line in self.grid.line_ids])
+        self.retired_line_loss_wh += sum(old_losses.values()) - float(self.line_loss_wh.sum())
+        self._index = {u: k for k, u in enumerate(self.unit_ids)}
+        self._unit_node = self.grid.unit_nodes(self.unit_ids)
+        self._active_conflicts = {}
+        self.vb = battery.battery_voltage(self.rsoc, self.vb_min, self.vb_max)
+        self.step(0.0)

@@ -47,7 +47,9 @@ command = st.one_of(
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(command, min_size=1, max_size=25), st.integers(0, 10_000))
-def test_energy_is_conserved_and_rsoc_bounded(commands: list[tuple[object, ...]], seed: int) -> None:
+def test_energy_is_conserved_and_rsoc_bounded(
+    commands: list[tuple[object, ...]], seed: int
+) -> None:
     world = World.with_units(3, seed=seed, hw=HwConfig(battery_nominal_capacity_wh=500.0))
     for cmd in commands:
         kind = cmd[0]

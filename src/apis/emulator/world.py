@@ -129,7 +129,7 @@ _UNIT_ARRAYS = (
     "mode", "dvg", "dig", "drg", "i_cc", "v_ref", "cv_active", "over_temperature",
     "temperature_c", "alarms",
     "pv_w", "pv_used_w", "load_w", "vg", "ig", "wg", "wb", "vb", "ib", "loss_w",
-    "battery_power_w",
+    "battery_power_w", "bought_w",
     "pv_wh", "curtailed_wh", "load_wh", "bought_wh", "spilled_wh", "loss_wh", "grid_in_wh",
     "grid_out_wh",
 )
@@ -172,6 +172,7 @@ class World:
     ib: FloatArray
     loss_w: FloatArray
     battery_power_w: FloatArray
+    bought_w: FloatArray
     pv_wh: FloatArray
     curtailed_wh: FloatArray
     load_wh: FloatArray
@@ -455,6 +456,7 @@ class World:
         if dt > 0:
             self.battery_power_w = (new_energy - energy) / hours
             self.pv_used_w = pv - curtailed / hours
+            self.bought_w = bought / hours
         else:
             self.battery_power_w = pv - load + wb
             self.pv_used_w = pv.copy()

@@ -730,9 +730,10 @@ class World:
             running_state=RUNNING_STATE_NAMES[running_state(int(mode), tripped)],
             status_name=STATUS_NAMES[mode],
         )
+        # "+ 0.0" turns -0.0 (a stopped discharge) into 0.0 on the wire.
         meter = Meter(
-            vg=float(self.vg[i]), ig=float(self.ig[i]), wg=float(self.wg[i]),
-            vb=float(self.vb[i]), ib=float(self.ib[i]), wb=float(self.wb[i]),
+            vg=float(self.vg[i]) + 0.0, ig=float(self.ig[i]) + 0.0, wg=float(self.wg[i]) + 0.0,
+            vb=float(self.vb[i]), ib=float(self.ib[i]) + 0.0, wb=float(self.wb[i]) + 0.0,
             tmp=float(self.temperature_c[i]),
         )
         param = CurrentSetting(

@@ -155,8 +155,8 @@ async def test_watchdog_stops_a_denied_battery() -> None:
         await r.driver.set(CV, 350.0, 2.0, 0.0)
         assert converter.mode == CV
         battery.sharing_permitted = False
-        await wait_until(lambda: converter.mode == W, timeout_s=20)
-        assert r.driver.watchdog_stops == 1
+        await wait_until(lambda: converter.mode == W, timeout_s=60)
+        await wait_until(lambda: r.driver.watchdog_stops == 1, timeout_s=30)
         assert "1-4" in r.converter_twin.received
         # The driver keeps serving and knows the new mode.
         assert (await r.driver.read_converter()).mode is W

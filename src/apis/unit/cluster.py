@@ -1,0 +1,150 @@
+"""A whole cluster in one process: N units on one in-memory bus hub.
+
+Used by the demo, the tests and the simulation. The drivers come from outside (the unit
+layer never builds hardware): pass any `DeviceDriver` per unit, e.g. the emulator's.
+
+    cluster = InProcessCluster(config, drivers)
+    async with cluster.running():
+        await cluster.wait_for(lambda: cluster.grid_master_unit() is not None, 120)
+        deals = await cluster.deals()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from apis.bus.memory import MemoryBus, MemoryHub
+from apis.config.loader import Cluster
+from apis.hardware.driver import DeviceDriver
+from apis.unit.deal import Deal
+from apis.unit.node import Unit
+from apis.unit.registry import Registry
+
+
+@dataclass
+class FinishedDeal:
+    deal: Deal
+    at: float  # loop time it was disposed of
+
+
+class InProcessCluster:
+    def __init__(
+        self,
+        config: Cluster,
+        drivers: Mapping[str, DeviceDriver],
+        *,
+        hub: MemoryHub | None = None,
+        seed: int = 0,
+        deal_log_tmpdir: str | None = None,
+        deal_logging: bool = True,
+        unit_ids: list[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.drivers = dict(drivers)
+        self.hub = hub if hub is not None else MemoryHub()
+        self.seed = seed
+        self.deal_log_tmpdir = deal_log_tmpdir
+        self.deal_logging = deal_logging
+        self.unit_ids = unit_ids if unit_ids is not None else config.unit_ids
+        self.units: dict[str, Unit] = {}
+        self.buses: dict[str, MemoryBus] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self.finished: list[FinishedDeal] = []
+        self._observer: MemoryBus | None = None
+        self._registry: Registry | None = None
+
+    def new_unit(self, unit_id: str) -> Unit:
+        files = self.config.unit(unit_id)
+        bus = self.hub.connect(unit_id)
+        self.buses[unit_id] = bus
+        return Unit(
+            files,
+            driver=self.drivers[unit_id],
+            bus=bus,
+            policy=self.config.policy,
+            seed=self.seed,
+            deal_log_tmpdir=self.deal_log_tmpdir,
+            deal_logging=self.deal_logging,
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[InProcessCluster]:
+        """Start every unit; on exit stop them all and wait for them."""
+        self._observer = self.hub.connect("observer")
+        self._registry = await Registry.open(self._observer)
+        await self._observer.subscribe("apis.Mediator.deal.log", self._on_deal_log)
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            for unit_id in self.unit_ids:
+                self.start_unit(unit_id)
+            await asyncio.gather(*(u.ready.wait() for u in self.units.values()))
+            try:
+                yield self
+            finally:
+                for task in self._tasks.values():
+                    task.cancel()
+        await self._observer.close()
+
+    async def _on_deal_log(self, msg: object) -> None:
+        payload = getattr(msg, "payload", None)
+        if not isinstance(payload, dict):
+            return
+        deal = Deal.from_json(payload)
+        if deal.deactivate_date_time is not None or deal.scram_date_time is not None:
+            if not any(f.deal.deal_id == deal.deal_id for f in self.finished):
+                at = asyncio.get_running_loop().time()
+                self.finished.append(FinishedDeal(deal, at))
+
+    def start_unit(self, unit_id: str) -> Unit:
+        assert self._tg is not None
+        unit = self.new_unit(unit_id)
+        self.units[unit_id] = unit
+        self._tasks[unit_id] = self._tg.create_task(self._run_unit(unit))
+        return unit
+
+    async def _run_unit(self, unit: Unit) -> None:
+        try:
+            await unit.run()
+        finally:
+            unit.ready.set()  # a unit that failed to start must not block `running`
+
+    async def kill_unit(self, unit_id: str) -> None:
+        """Like killing the process: its bus connection goes, its tasks are cancelled."""
+        task = self._tasks.pop(unit_id)
+        await self.buses[unit_id].close()
+        task.cancel()
+        await asyncio.wait([task])
+
+    # ---- observation ---------------------------------------------------------------------
+
+    def grid_master_units(self) -> list[str]:
+        return [u for u, unit in self.units.items() if unit.grid_master is not None]
+
+    def grid_master_unit(self) -> str | None:
+        gms = self.grid_master_units()
+        return gms[0] if len(gms) == 1 else None
+
+    async def deals(self) -> list[Deal]:
+        assert self._registry is not None
+        return [s.deal for s in await self._registry.all_deals()]
+
+    @property
+    def registry(self) -> Registry:
+        assert self._registry is not None
+        return self._registry
+
+    async def wait_for(
+        self, condition: Callable[[], bool], timeout: float, step: float = 1.0
+    ) -> bool:
+        """Poll `condition` every `step` loop seconds; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(step)
+        return True

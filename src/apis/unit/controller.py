@@ -1,0 +1,430 @@
+"""The Controller (spec 1.3, 7.2): the only part of a unit that talks to its DeviceDriver.
+
+- periodic data acquisition (`acquisition_loop`), with a cache that urgent reads refresh;
+- unit data for the Grid Master (`apis.<id>.Controller.data`, `apis.Controller.data.all`);
+- converter commands from the current Grid Master only (`apis.<id>.Controller.control.device`),
+  checked against the Grid Master lock and its fencing epoch, executed one at a time under
+  the driver-access lock, with current/voltage stepping, checkpoints and mode read-back;
+- local stop and scram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from typing import Any
+
+from apis.bus.base import Bus, Message
+from apis.config.hwconfig import HwConfig
+from apis.config.policy import Policy
+from apis.config.unitconfig import UnitConfig
+from apis.hardware.driver import ConverterData, DeviceDriver, UnitData
+from apis.hardware.modes import ConverterMode
+from apis.unit import subjects
+from apis.unit.data import unit_data_json
+from apis.unit.registry import Registry
+from apis.unit.state import UnitState
+
+log = logging.getLogger(__name__)
+
+COMMANDS = (
+    "WAIT",
+    "VOLTAGE_REFERENCE",
+    "CHARGE",
+    "DISCHARGE",
+    "current",
+    "voltage",
+    "voltageReferenceAuthorization",
+    "voltageReferenceWillHandOver",
+    "voltageReferenceWillTakeOver",
+    "voltageReferenceDidHandOver",
+    "voltageReferenceDidTakeOver",
+    "scram",
+)
+
+
+class CommandError(Exception):
+    """A converter command was refused or failed; the message says which and why."""
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        config: UnitConfig,
+        hw: HwConfig,
+        policy: Policy,
+        driver: DeviceDriver,
+        bus: Bus,
+        registry: Registry,
+        state: UnitState,
+        rng: random.Random,
+    ) -> None:
+        self.config = config
+        self.hw = hw
+        self.policy = policy
+        self.driver = driver
+        self.bus = bus
+        self.registry = registry
+        self.state = state
+        self.rng = rng
+        self.unit_id = config.unit_id
+        self._driver_lock = asyncio.Lock()
+        self._data: UnitData | None = None
+        self._dcdc: ConverterData | None = None
+        self._acquired_at = -math.inf
+        self._max_epoch = 0
+        self.skip_dynamic_check = False
+        self.commands_executed = 0
+
+    # ---- acquisition ---------------------------------------------------------------------
+
+    @property
+    def data(self) -> UnitData | None:
+        """The last acquired unit data."""
+        return self._data
+
+    async def acquire(self) -> UnitData:
+        async with self._driver_lock:
+            return await self._acquire_unlocked()
+
+    async def _acquire_unlocked(self) -> UnitData:
+        data = await self.driver.read()
+        self._data = data
+        self._dcdc = data.dcdc
+        self._acquired_at = asyncio.get_running_loop().time()
+        return data
+
+    async def acquisition_loop(self) -> None:
+        period = self.policy.controller.data_acquisition_period_msec / 1000
+        loop = asyncio.get_running_loop()
+        while True:
+            since = loop.time() - self._acquired_at
+            if since < period:  # an urgent read happened meanwhile: skip this tick
+                await asyncio.sleep(period - since)
+                continue
+            try:
+                await self.acquire()
+            except Exception as e:  # the driver failed; the next tick retries
+                log.warning("%s: data acquisition failed: %s", self.unit_id, e)
+            await asyncio.sleep(period)
+
+    async def unit_data(self, urgent: bool = False) -> dict[str, Any]:
+        data = self._data
+        if urgent or data is None:
+            data = await self.acquire()
+        self.state.global_mode = await self.registry.global_mode(self.policy.operation_mode)
+        return unit_data_json(
+            data,
+            self.config,
+            self.hw,
+            self.policy,
+            deal_ids=self.state.deal_ids,
+            is_grid_master=self.state.is_grid_master,
+            global_mode=self.state.global_mode,
+            local_mode=self.state.local_mode,
+            effective_mode=self.state.effective_mode,
+        )
+
+    # ---- bus handlers --------------------------------------------------------------------
+
+    async def subscribe(self) -> list[Any]:
+        return [
+            await self.bus.subscribe(subjects.controller_data(self.unit_id), self._on_data),
+            await self.bus.subscribe(subjects.CONTROLLER_DATA_ALL, self._on_data_all),
+            await self.bus.subscribe(subjects.controller_control(self.unit_id), self._on_control),
+            await self.bus.subscribe(subjects.CONTROLLER_SCRAM, self._on_scram),
+        ]
+
+    async def _on_data(self, msg: Message) -> Any:
+        return await self.unit_data(urgent=msg.headers.get(subjects.URGENT) == "true")
+
+    async def _on_data_all(self, msg: Message) -> Any:
+        reply = msg.headers.get(subjects.REPLY_ADDRESS)
+        if reply is None or not self.state.in_operation:
+            return None
+        data = await self.unit_data(urgent=msg.headers.get(subjects.URGENT) == "true")
+        await self.bus.publish(reply, data, {subjects.UNIT_ID: self.unit_id})
+        return None
+
+    async def _on_control(self, msg: Message) -> Any:
+        await self._check_grid_master(msg.headers)
+        body = msg.payload if isinstance(msg.payload, dict) else {}
+        command = str(body.get("command", ""))
+        params = body.get("params") or {}
+        dcdc = await self.execute(command, params)
+        return dcdc.to_json()
+
+    async def _on_scram(self, msg: Message) -> Any:
+        exclude = msg.headers.get(subjects.EXCLUDE_VOLTAGE_REFERENCE) == "true"
+        if exclude and self._dcdc is not None and self._mode() is ConverterMode.VOLTAGE_REFERENCE:
+            return None
+        await self.stop_local()
+        return None
+
+    async def _check_grid_master(self, headers: Any) -> None:
+        """Converter commands come only from the Grid Master holding the lock (fencing)."""
+        sender = headers.get(subjects.GRID_MASTER_UNIT_ID)
+        if sender not in self.policy.member_unit_ids:
+            raise CommandError(f"{subjects.GRID_MASTER_UNIT_ID} = {sender!r} (not a member)")
+        try:
+            epoch = int(headers.get(subjects.GRID_MASTER_EPOCH, ""))
+        except ValueError:
+            raise CommandError(f"{subjects.GRID_MASTER_EPOCH} missing or not an integer") from None
+        if epoch < self._max_epoch:
+            raise CommandError(
+                f"{subjects.GRID_MASTER_EPOCH} = {epoch} from {sender} "
+                f"(older than epoch {self._max_epoch} already seen)"
+            )
+        lock = await self.registry.grid_master()
+        if lock is None or lock.unit_id != sender or lock.epoch != epoch:
+            held = f"{lock.unit_id} at epoch {lock.epoch}" if lock else "nobody"
+            raise CommandError(
+                f"command from {sender} at epoch {epoch} refused: the Grid Master lock is "
+                f"held by {held}"
+            )
+        self._max_epoch = epoch
+
+    # ---- local actions -------------------------------------------------------------------
+
+    async def stop_local(self) -> ConverterData:
+        """WAIT without the driver lock (section 7.2, local stop and scram)."""
+        return await self._wait()
+
+    async def execute(self, command: str, params: dict[str, Any]) -> ConverterData:
+        """Run one converter command of section 7.2 under the driver-access lock."""
+        async with self._driver_lock:
+            if self._dcdc is None:
+                await self._acquire_unlocked()
+            result = await self._dispatch(command, params)
+            self.commands_executed += 1
+            return result
+
+    async def _dispatch(self, command: str, params: dict[str, Any]) -> ConverterData:
+        if command in ("WAIT", "scram"):
+            return await self._wait()
+        if command == "VOLTAGE_REFERENCE":
+            self.skip_dynamic_check = True
+            return await self._set_mode(
+                ConverterMode.VOLTAGE_REFERENCE,
+                self.policy.operation_grid_voltage_v,
+                self.hw.grid_current_capacity_a,
+                0.0,
+            )
+        if command in ("CHARGE", "DISCHARGE"):
+            return await self._start_current(
+                ConverterMode[command], self._current_param(params, command)
+            )
+        if command == "current":
+            return await self._step_current(self._current_param(params, command))
+        if command == "voltage":
+            return await self._step_voltage(self._voltage_param(params, command))
+        if command == "voltageReferenceAuthorization":
+            return await self._authorize()
+        if command == "voltageReferenceWillHandOver":
+            self.skip_dynamic_check = True
+            return await self._set_voltage(self._converter().vdis.dvg, self.hw.droop_ratio)
+        if command == "voltageReferenceWillTakeOver":
+            self.skip_dynamic_check = True
+            voltage = params.get("gridVoltageV")
+            dvg = float(voltage) if voltage is not None else self._converter().meter.vg
+            return await self._set_mode(
+                ConverterMode.VOLTAGE_REFERENCE,
+                dvg,
+                self.hw.grid_current_capacity_a,
+                self.hw.droop_ratio,
+            )
+        if command == "voltageReferenceDidHandOver":
+            return await self._did_hand_over(params)
+        if command == "voltageReferenceDidTakeOver":
+            result = await self._set_voltage(self._converter().vdis.dvg, 0.0)
+            self.skip_dynamic_check = False
+            return result
+        raise CommandError(f"command = {command!r} (must be one of {', '.join(COMMANDS)})")
+
+    # ---- command building blocks ---------------------------------------------------------
+
+    def _converter(self) -> ConverterData:
+        assert self._dcdc is not None
+        return self._dcdc
+
+    def _mode(self) -> ConverterMode:
+        return self._converter().mode
+
+    def _current_param(self, params: dict[str, Any], command: str) -> float:
+        value = params.get("gridCurrentA")
+        if value is None:
+            raise CommandError(f"{command}: gridCurrentA missing")
+        current = float(value)
+        if current < 0:
+            raise CommandError(f"{command}: gridCurrentA = {current} (must be >= 0)")
+        capacity = self.hw.grid_current_capacity_a
+        if current > capacity + 1e-9:
+            raise CommandError(
+                f"{command}: gridCurrentA = {current} (must be <= gridCurrentCapacityA "
+                f"{capacity})"
+            )
+        return current
+
+    def _voltage_param(self, params: dict[str, Any], command: str) -> float:
+        value = params.get("gridVoltageV")
+        if value is None:
+            raise CommandError(f"{command}: gridVoltageV missing")
+        voltage = float(value)
+        r = self.policy.operation_grid_voltage_v_range
+        if not r.min <= voltage <= r.max:
+            raise CommandError(
+                f"{command}: gridVoltageV = {voltage} (must be within "
+                f"operationGridVoltageVRange {r.min}..{r.max})"
+            )
+        return voltage
+
+    async def _set_mode(
+        self, mode: ConverterMode, dvg: float, dig: float, drg: float
+    ) -> ConverterData:
+        if not 0 <= dig <= self.hw.grid_current_capacity_a + 1e-9:
+            raise CommandError(
+                f"dig = {dig} (must be within 0..gridCurrentCapacityA "
+                f"{self.hw.grid_current_capacity_a})"
+            )
+        result = await self.driver.set(mode, dvg, dig, drg)
+        self._dcdc = result
+        if result.mode is not mode:
+            raise CommandError(
+                f"mode read-back {result.mode.code} ({result.status.operation_mode}) after "
+                f"setting {mode.code} ({mode.operation_mode})"
+            )
+        return result
+
+    async def _set_current(self, dig: float) -> ConverterData:
+        self._dcdc = await self.driver.set_current(dig)
+        return self._dcdc
+
+    async def _set_voltage(self, dvg: float, drg: float) -> ConverterData:
+        self._dcdc = await self.driver.set_voltage(dvg, drg)
+        return self._dcdc
+
+    async def _read_converter(self) -> ConverterData:
+        self._dcdc = await self.driver.read_converter()
+        return self._dcdc
+
+    async def _checkpoint(
+        self, *, voltage: float | None = None, current: float | None = None
+    ) -> None:
+        cp = self.policy.controller.dcdc.checkpoint
+        dcdc = self._converter()
+        for _ in range(cp.retry_limit):
+            await asyncio.sleep(cp.retry_wait_msec / 1000)
+            dcdc = await self._read_converter()
+            if voltage is not None:
+                if abs(dcdc.meter.vg - voltage) <= self.policy.grid_voltage_allowance_v:
+                    return
+            elif current is not None:
+                if abs(abs(dcdc.meter.ig) - current) <= self.hw.grid_current_allowance_a:
+                    return
+        what = f"vg = {dcdc.meter.vg} V (target {voltage} V)" if voltage is not None else (
+            f"ig = {dcdc.meter.ig} A (target {current} A)"
+        )
+        raise CommandError(f"checkpoint failed: {what} after {cp.retry_limit} reads")
+
+    async def _step_current(self, target: float) -> ConverterData:
+        step = self.policy.grid_current_step_a
+        dig = self._converter().param.dig
+        while abs(target - dig) > step:
+            dig = dig + step if target > dig else dig - step
+            await self._set_current(dig)
+        await self._set_current(target)
+        await self._checkpoint(current=target)
+        return self._converter()
+
+    async def _step_voltage(self, target: float, drg: float = 0.0) -> ConverterData:
+        step = self.policy.grid_voltage_step_v
+        dvg = self._converter().vdis.dvg
+        while abs(target - dvg) > step:
+            dvg = dvg + step if target > dvg else dvg - step
+            await self._set_voltage(dvg, drg)
+        await self._set_voltage(target, drg)
+        await self._checkpoint(voltage=target)
+        return self._converter()
+
+    async def _start_current(self, mode: ConverterMode, current: float) -> ConverterData:
+        r = self.policy.operation_grid_voltage_v_range
+        dvg = r.max if mode is ConverterMode.DISCHARGE else self.policy.operation_grid_voltage_v
+        step = self.policy.grid_current_step_a
+        self.skip_dynamic_check = False
+        if current < step:
+            await self._set_mode(mode, dvg, current, 0.0)
+            await self._checkpoint(current=current)
+            return self._converter()
+        await self._set_mode(mode, dvg, step, 0.0)
+        return await self._step_current(current)
+
+    async def _wait(self) -> ConverterData:
+        """WAIT: bring the converter down gently, then stop it whatever the checkpoint says."""
+        if self._dcdc is None:
+            await self._read_converter()
+        mode = self._mode()
+        p = self.policy
+        try:
+            if mode is ConverterMode.VOLTAGE_REFERENCE:
+                low = p.operation_grid_voltage_v_range.min + p.grid_voltage_separation_v
+                await self._step_voltage(low)
+            elif mode in (ConverterMode.CHARGE, ConverterMode.DISCHARGE):
+                await self._step_current(0.0)
+        except CommandError as e:
+            log.info("%s: WAIT continues after %s", self.unit_id, e)
+        result = await self._set_mode(ConverterMode.WAITING, p.operation_grid_voltage_v, 0.0, 0.0)
+        self.skip_dynamic_check = False
+        return result
+
+    async def _authorize(self) -> ConverterData:
+        """Section 6.3: prove this converter holds the grid voltage by moving it at random."""
+        p = self.policy
+        r = p.operation_grid_voltage_v_range
+        sep = p.grid_voltage_separation_v
+        original = self._converter().vdis.dvg
+        candidates = []
+        v = r.min + 3 * sep
+        while v <= r.max - sep + 1e-9:
+            if abs(v - original) > 1e-6:
+                candidates.append(v)
+            v += sep
+        self.skip_dynamic_check = True
+        try:
+            for _ in range(p.controller.dcdc.voltage_reference.authorization.number_of_trials):
+                if candidates:
+                    await self._step_voltage(self.rng.choice(candidates))
+            return await self._step_voltage(original)
+        except CommandError as e:
+            raise CommandError(f"voltage reference authorization failed: {e}") from None
+        finally:
+            self.skip_dynamic_check = False
+
+    async def _did_hand_over(self, params: dict[str, Any]) -> ConverterData:
+        mode = params.get("mode")
+        p = self.policy
+        if mode is None:
+            try:
+                await self._step_current(0.0)
+            except CommandError as e:
+                log.info("%s: hand-over WAIT continues after %s", self.unit_id, e)
+            result = await self._set_mode(
+                ConverterMode.WAITING, p.operation_grid_voltage_v, 0.0, 0.0
+            )
+        elif mode in ("CHARGE", "DISCHARGE"):
+            current = self._current_param(params, "voltageReferenceDidHandOver")
+            dvg = (
+                p.operation_grid_voltage_v_range.max
+                if mode == "DISCHARGE"
+                else p.operation_grid_voltage_v
+            )
+            result = await self._set_mode(ConverterMode[mode], dvg, current, 0.0)
+        else:
+            raise CommandError(
+                f"voltageReferenceDidHandOver: mode = {mode!r} (must be CHARGE, DISCHARGE or "
+                "absent)"
+            )
+        self.skip_dynamic_check = False
+        return result

@@ -1,0 +1,126 @@
+"""Unit data (spec section 9): what a unit tells the Grid Master about itself.
+
+`unit_data_json` builds the JSON object of one acquisition; `UnitSnapshot` is the Grid
+Master's typed, read-only view of such an object (it may have crossed the bus).
+
+Ours beyond the original: `timestamp`, the acquisition time in seconds since the epoch at
+full resolution (`time` has one-second resolution), used for exact energy integration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from apis.config.hwconfig import HwConfig
+from apis.config.policy import Policy
+from apis.config.unitconfig import UnitConfig
+from apis.hardware.driver import UnitData
+from apis.hardware.modes import ConverterMode
+from apis.unit.user import remaining_capacity_wh
+
+APIS_VERSION = "3.0.0"
+
+
+def deal_interlock_capacity(hw: HwConfig, policy: Policy) -> int:
+    """How many deals a unit can join at once: floor(gridCurrentCapacityA / deal current)."""
+    return int(hw.grid_current_capacity_a // policy.mediator.deal.grid_current_a)
+
+
+def unit_data_json(
+    data: UnitData,
+    config: UnitConfig,
+    hw: HwConfig,
+    policy: Policy,
+    *,
+    deal_ids: list[str],
+    is_grid_master: bool,
+    global_mode: str,
+    local_mode: str | None,
+    effective_mode: str,
+) -> dict[str, Any]:
+    apis: dict[str, Any] = {
+        "version": APIS_VERSION,
+        "remaining_capacity_wh": remaining_capacity_wh(
+            hw.battery_nominal_capacity_wh, data.battery.rsoc
+        ),
+        "deal_interlock_capacity": deal_interlock_capacity(hw, policy),
+        "operation_mode": {"global": global_mode, "local": local_mode, "effective": effective_mode},
+    }
+    if deal_ids:
+        apis["deal_id_list"] = list(deal_ids)
+    if is_grid_master:
+        apis["is_grid_master"] = True
+    return {
+        "apis": apis,
+        "oesunit": {
+            "communityId": config.community_id,
+            "clusterId": config.cluster_id,
+            "id": config.unit_id,
+            "display": config.display_name,
+            "sn": config.serial_number,
+            "budo": "1" if effective_mode == "autonomous" else "0",
+            "ip": "NA",
+            "ipv6_ll": "NA",
+            "ipv6_g": "NA",
+            "mac": "NA",
+        },
+        "battery": data.battery.to_json(),
+        "dcdc": data.dcdc.to_json(),
+        "time": data.apis_time,
+        "timestamp": data.time.timestamp(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSnapshot:
+    """The Grid Master's view of one unit's data."""
+
+    unit_id: str
+    mode: ConverterMode | None  # None: a code APIS does not know
+    vg: float
+    ig: float
+    wb: float
+    dvg: float
+    drg: float
+    dig: float
+    rsoc: float
+    time: str
+    timestamp: float
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, unit_id: str, data: dict[str, Any]) -> UnitSnapshot:
+        dcdc = data.get("dcdc") or {}
+        status = dcdc.get("status") or {}
+        meter = dcdc.get("meter") or {}
+        try:
+            mode: ConverterMode | None = ConverterMode.from_code(status.get("status", ""))
+        except ValueError:
+            mode = None
+        return cls(
+            unit_id=unit_id,
+            mode=mode,
+            vg=float(meter.get("vg", 0.0)),
+            ig=float(meter.get("ig", 0.0)),
+            wb=float(meter.get("wb", 0.0)),
+            dvg=float((dcdc.get("vdis") or {}).get("dvg", 0.0)),
+            drg=float((dcdc.get("vdis") or {}).get("drg", 0.0)),
+            dig=float((dcdc.get("param") or {}).get("dig", 0.0)),
+            rsoc=float((data.get("battery") or {}).get("rsoc", 0.0)),
+            time=str(data.get("time", "")),
+            timestamp=float(data.get("timestamp", 0.0)),
+            raw=data,
+        )
+
+    @property
+    def is_voltage_reference(self) -> bool:
+        return self.mode is ConverterMode.VOLTAGE_REFERENCE
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.mode is ConverterMode.WAITING
+
+    @property
+    def deal_ids(self) -> list[str]:
+        return list((self.raw.get("apis") or {}).get("deal_id_list") or [])

@@ -1,0 +1,189 @@
+"""Grid Master placement (spec 4.1-4.4): watching for absence, *ensure*, activation.
+
+Every unit watches at a random interval whether a Grid Master answers; when none does it
+waits a random time (so competing units spread apart) and runs *ensure*, which puts the
+Grid Master where the selection strategy wants it (or here). Activation takes the Grid
+Master lock with create-if-absent, so two units can never both hold it; deactivation stops
+the service before releasing the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from apis.bus.base import Bus, BusError, Message, NoHandlers
+from apis.config.policy import Policy
+from apis.unit import subjects
+from apis.unit.registry import Registry
+from apis.unit.state import UnitState
+
+log = logging.getLogger(__name__)
+
+HELO_TIMEOUT_S = 5.0
+ACTIVATION_TIMEOUT_S = 30.0
+
+
+class ActivationFailed(Exception):
+    pass
+
+
+class Election:
+    def __init__(
+        self,
+        *,
+        state: UnitState,
+        policy: Policy,
+        bus: Bus,
+        registry: Registry,
+        rng: random.Random,
+        start_local: Callable[[], Awaitable[None]],
+        stop_local: Callable[[], Awaitable[None]],
+        voltage_reference_unit: Callable[[], str | None],
+    ) -> None:
+        self.state = state
+        self.policy = policy
+        self.bus = bus
+        self.registry = registry
+        self.rng = rng
+        self._start_local = start_local
+        self._stop_local = stop_local
+        self._voltage_reference_unit = voltage_reference_unit
+        self.unit_id = state.unit_id
+        self._ensure_requested = asyncio.Event()
+        self._stale_count = 0
+        self.errors: list[str] = []  # LOGIC errors seen (for tests and displays)
+
+    def request_ensure(self) -> None:
+        self._ensure_requested.set()
+
+    async def subscribe(self) -> list[Any]:
+        return [
+            await self.bus.subscribe(
+                subjects.grid_master_activate(self.unit_id), self._on_activate
+            ),
+            await self.bus.subscribe(
+                subjects.grid_master_deactivate(self.unit_id), self._on_deactivate
+            ),
+        ]
+
+    # ---- watching ------------------------------------------------------------------------
+
+    def watch_interval(self) -> float:
+        gm = self.policy.grid_master
+        base = gm.main_loop_period_msec / 1000
+        interval = base * len(self.policy.member_unit_ids) * 2 * self.rng.random()
+        return interval if interval > 0 else base
+
+    async def watch_loop(self) -> None:
+        while True:
+            requested = False
+            try:
+                async with asyncio.timeout(self.watch_interval()):
+                    await self._ensure_requested.wait()
+                requested = True
+            except TimeoutError:
+                pass
+            self._ensure_requested.clear()
+            if not self.state.in_operation:
+                continue
+            try:
+                if requested:
+                    await self.ensure()
+                else:
+                    await self.watch()
+            except BusError as e:
+                log.warning("%s: Grid Master watch failed: %s", self.unit_id, e)
+
+    async def current_grid_master(self) -> str | None:
+        try:
+            reply = await self.bus.request(subjects.GRID_MASTER_HELO, timeout=HELO_TIMEOUT_S)
+        except NoHandlers:
+            return None
+        return str(reply)
+
+    async def watch(self) -> None:
+        if await self.current_grid_master() is not None:
+            return
+        wait = self.policy.grid_master.grid_master_watching.absence.ensure_wait_msec / 1000
+        await asyncio.sleep(wait * (1 + self.rng.random()))
+        await self.ensure()
+
+    # ---- ensure --------------------------------------------------------------------------
+
+    def proper_location(self) -> str | None:
+        """Where the Grid Master belongs (None: anywhere)."""
+        selection = self.policy.grid_master.grid_master_selection
+        if selection.strategy == "anywhere":
+            return None
+        if selection.strategy == "fixed" and selection.fixed_unit_id:
+            return selection.fixed_unit_id
+        return self._voltage_reference_unit()
+
+    async def ensure(self, retry: bool = True) -> str | None:
+        """Put the Grid Master in its proper place; return where it is."""
+        proper = self.proper_location()
+        current = await self.current_grid_master()
+        if current is not None:
+            if proper is None or proper == current:
+                lock = await self.registry.grid_master()
+                if lock is None or lock.unit_id != current:
+                    self._logic_error(f"gridMaster interlock inconsistency: {lock} vs {current}")
+                else:
+                    self._stale_count = 0
+                return current
+            await self.bus.request(
+                subjects.grid_master_deactivate(current), timeout=ACTIVATION_TIMEOUT_S
+            )
+            return await self._activate(proper)
+        lock = await self.registry.grid_master()
+        if lock is None:
+            self._stale_count = 0
+            return await self._activate(proper or self.unit_id)
+        # A lock without a Grid Master: a crash, or a hand-over in progress.
+        self._stale_count += 1
+        if self._stale_count == 1 and retry:
+            log.warning("(LOGIC:LOCAL:WARN:%s) stale Grid Master lock %s", self.unit_id, lock)
+            await asyncio.sleep(
+                self.policy.grid_master.grid_master_ensuring.interlock_inconsistency.retry_wait_msec
+                / 1000
+            )
+            return await self.ensure(retry=False)
+        self._logic_error(f"stale Grid Master lock held by {lock.unit_id}")
+        # Reset (section 11.5): clear the lock when still nobody answers.
+        if await self.current_grid_master() is None:
+            await self.registry.release_grid_master(lock.unit_id)
+        self._stale_count = 0
+        return None
+
+    def _logic_error(self, message: str) -> None:
+        log.error("(LOGIC:LOCAL:ERROR:%s) %s", self.unit_id, message)
+        self.errors.append(message)
+
+    async def _activate(self, unit_id: str) -> str | None:
+        try:
+            reply = await self.bus.request(
+                subjects.grid_master_activate(unit_id), timeout=ACTIVATION_TIMEOUT_S
+            )
+        except BusError as e:
+            self._logic_error(f"Grid Master activation on {unit_id} failed: {e}")
+            return None
+        if reply != unit_id:
+            self._logic_error(f"Grid Master activation on {unit_id} answered {reply!r}")
+            return None
+        return unit_id
+
+    # ---- activation handlers -------------------------------------------------------------
+
+    async def _on_activate(self, msg: Message) -> Any:
+        if self.state.stopping:
+            raise ActivationFailed(f"{self.unit_id} is stopping")
+        await self._start_local()
+        return self.unit_id
+
+    async def _on_deactivate(self, msg: Message) -> Any:
+        await self._stop_local()
+        return self.unit_id

@@ -1,0 +1,249 @@
+"""The Grid Master service (spec 2.3, 4.5, 11.3): runs on one unit at a time.
+
+While active it answers `apis.GridMaster.helo` (and publishes its instance ID there, so a
+second Grid Master is detected), collects every unit's data, and runs the main loop: global
+error handling, one deal-execution pass, then a request to re-check its own placement.
+
+It holds the Grid Master lock's revision as its *epoch*; every converter command carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from apis.bus.base import Bus, BusError, Message, Subscription
+from apis.config.policy import Policy
+from apis.unit import subjects
+from apis.unit.commands import UnitLink
+from apis.unit.data import UnitSnapshot
+from apis.unit.deal import NOT_APPLICABLE, Deal
+from apis.unit.errors import ErrorRecord, GlobalError
+from apis.unit.execution import DealExecution
+from apis.unit.mediator import Mediator
+from apis.unit.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class GridMaster:
+    def __init__(
+        self,
+        *,
+        unit_id: str,
+        epoch: int,
+        instance_id: str,
+        bus: Bus,
+        registry: Registry,
+        policy: Policy,
+        mediator: Mediator,
+        request_ensure: Callable[[], None],
+    ) -> None:
+        self.unit_id = unit_id
+        self.epoch = epoch
+        self.instance_id = instance_id
+        self.bus = bus
+        self.registry = registry
+        self.policy = policy
+        self.mediator = mediator
+        self.request_ensure = request_ensure
+        self.link = UnitLink(bus, unit_id, epoch)
+        self.main_loop_lock = asyncio.Lock()
+        self.collected: dict[str, UnitSnapshot] = {}
+        self.collected_at = -math.inf
+        self.global_errors: list[ErrorRecord] = []
+        self.handled_errors: list[ErrorRecord] = []  # every global error handled (history)
+        self.last_global_handling: float | None = None
+        self.passes = 0
+        self.execution = DealExecution(
+            policy=policy,
+            registry=registry,
+            link=self.link,
+            dispose=mediator.dispose,
+            publish_log=self._publish_log,
+            raise_global=self.raise_global,
+        )
+
+    # ---- life ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        subs: list[Subscription] = []
+        try:
+            bus = self.bus
+            subs.append(await bus.subscribe(subjects.GRID_MASTER_HELO, self._on_helo))
+            subs.append(await bus.subscribe(subjects.GRID_MASTER_ERROR_TEST, self._on_error_test))
+            subs.append(await bus.subscribe(subjects.GRID_MASTER_DATA_ALL, self._on_data_all))
+            subs.append(await bus.subscribe(subjects.GRID_MASTER_UNIT_ID_ALL, self._on_unit_ids))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._helo_loop())
+                tg.create_task(self._main_loop())
+        finally:
+            for sub in subs:
+                try:
+                    await sub.unsubscribe()
+                except BusError:
+                    pass
+
+    async def _helo_loop(self) -> None:
+        period = self.policy.grid_master.helo_period_msec / 1000
+        while True:
+            try:
+                await self.bus.publish(subjects.GRID_MASTER_HELO, self.instance_id)
+            except BusError:
+                pass
+            await asyncio.sleep(period)
+
+    async def _on_helo(self, msg: Message) -> Any:
+        if msg.reply is not None:
+            return self.unit_id
+        if msg.payload != self.instance_id:
+            self.raise_global(GlobalError("LOGIC", "ERROR", "another GridMaster exists"))
+        return None
+
+    async def _on_error_test(self, msg: Message) -> Any:
+        return self.has_global_errors()
+
+    async def _on_data_all(self, msg: Message) -> Any:
+        return {u: s.raw for u, s in self.collected.items()}
+
+    async def _on_unit_ids(self, msg: Message) -> Any:
+        return list(self.policy.member_unit_ids)
+
+    def has_global_errors(self) -> bool:
+        if any(e.level != "WARN" for e in self.global_errors):
+            return True
+        if self.last_global_handling is None:
+            return False
+        sustain = self.policy.grid_master.error_sustaining_msec / 1000
+        return asyncio.get_running_loop().time() - self.last_global_handling < sustain
+
+    def raise_global(self, error: GlobalError) -> None:
+        record = ErrorRecord(
+            self.unit_id,
+            error.category,
+            "GLOBAL",
+            error.level,
+            str(error),
+            asyncio.get_running_loop().time(),
+        )
+        log.warning("%s", record)
+        self.global_errors.append(record)
+
+    # ---- main loop -----------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        period = self.policy.grid_master.main_loop_period_msec / 1000
+        while True:
+            async with self.main_loop_lock:
+                try:
+                    await self.one_pass()
+                except BusError as e:
+                    log.warning("GM %s: main loop pass failed: %s", self.unit_id, e)
+            self.request_ensure()
+            wake = self.execution.wake_in
+            await asyncio.sleep(period if wake is None else max(0.0, min(period, wake)))
+
+    async def one_pass(self) -> None:
+        self.passes += 1
+        await self.handle_global_errors()
+        await self.collect()
+        await self.execution.run_pass(self.collected)
+        self.collected.update(self.execution.data)
+        await self.handle_global_errors()
+
+    async def collect(self) -> dict[str, UnitSnapshot]:
+        """Collect every member's unit data (section 2.3): publish, gather until all or
+        `dataCollectionTimeoutMsec`."""
+        members = self.policy.member_unit_ids
+        reply = f"apis.GridMaster.collection.{self.epoch}.{self.passes}"
+        gathered: dict[str, UnitSnapshot] = {}
+        complete = asyncio.Event()
+
+        async def receive(msg: Message) -> None:
+            unit_id = msg.headers.get(subjects.UNIT_ID)
+            if unit_id in members and isinstance(msg.payload, dict):
+                gathered[unit_id] = UnitSnapshot.from_json(unit_id, msg.payload)
+                if len(gathered) == len(members):
+                    complete.set()
+
+        sub = await self.bus.subscribe(reply, receive)
+        try:
+            await self.bus.publish(
+                subjects.CONTROLLER_DATA_ALL,
+                None,
+                {
+                    subjects.GRID_MASTER_UNIT_ID: self.unit_id,
+                    subjects.REPLY_ADDRESS: reply,
+                    subjects.URGENT: "true",
+                },
+            )
+            try:
+                async with asyncio.timeout(self.policy.grid_master.data_collection_timeout_msec
+                                           / 1000):
+                    await complete.wait()
+            except TimeoutError:
+                pass
+        finally:
+            await sub.unsubscribe()
+        if not gathered:
+            log.error("(LOGIC:GLOBAL:ERROR:%s) no unit data collected", self.unit_id)
+        self.collected = gathered
+        self.collected_at = asyncio.get_running_loop().time()
+        return gathered
+
+    def voltage_reference_unit(self) -> str | None:
+        for unit_id, snap in self.collected.items():
+            if snap.is_voltage_reference:
+                return unit_id
+        return None
+
+    async def _publish_log(self, deal: Deal) -> None:
+        await self.bus.publish(subjects.MEDIATOR_DEAL_LOG, deal.to_json())
+
+    # ---- global error handling (minimal; section 11.3) -----------------------------------
+
+    async def handle_global_errors(self) -> None:
+        errors = [e for e in self.global_errors if e.level != "WARN"]
+        self.global_errors = []
+        if not errors:
+            return
+        self.handled_errors.extend(errors)
+        self.last_global_handling = asyncio.get_running_loop().time()
+        await self.scram([str(e) for e in errors])
+        if any(e.category == "HARDWARE" for e in errors):
+            await self.registry.set_global_mode("stop")  # BudoStop: an operator must resume
+
+    async def scram(self, reasons: list[str]) -> None:
+        """CC units to WAIT, then (after the delay) the VR; every deal ends (section 11.4)."""
+        await self.bus.publish(
+            subjects.CONTROLLER_SCRAM, None, {subjects.EXCLUDE_VOLTAGE_REFERENCE: "true"}
+        )
+        await asyncio.sleep(self.policy.controller.scram_voltage_reference_delay_msec / 1000)
+        await self.bus.publish(
+            subjects.CONTROLLER_SCRAM, None, {subjects.EXCLUDE_VOLTAGE_REFERENCE: "false"}
+        )
+        for stored in await self.registry.all_deals():
+            deal = stored.deal
+            now = next((s.time for s in self.collected.values() if s.time), NOT_APPLICABLE)
+            deal.scram_date_time = now
+            deal.scram_reason = str(reasons)
+            activated = deal.activate_date_time not in (None, NOT_APPLICABLE)
+            started = deal.start_date_time not in (None, NOT_APPLICABLE)
+            if deal.activate_date_time is None:
+                deal.activate_date_time = NOT_APPLICABLE
+            if deal.start_date_time is None:
+                deal.start_date_time = NOT_APPLICABLE
+            if deal.stop_date_time is None:
+                deal.stop_date_time = now if started else NOT_APPLICABLE
+            if deal.deactivate_date_time is None:
+                deal.deactivate_date_time = now if activated else NOT_APPLICABLE
+            deal.is_master = None
+            try:
+                await self.registry.update_deal(deal, stored.revision)
+            except BusError:
+                pass
+            await self.mediator.dispose(deal.deal_id)

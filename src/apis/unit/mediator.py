@@ -1,0 +1,281 @@
+"""The Mediator (spec 3, 5.8 disposition, 10.2): negotiation, the deal registry, interlocks,
+the deal log.
+
+- A unit's own request becomes a *negotiation*: broadcast on `apis.Mediator.externalRequest`
+  with a temporary reply address, accepts gathered for `negotiationTimeoutMsec`, one chosen
+  by the User, the deal built by the amount rules and registered.
+- Foreign requests are answered with the User's accept.
+- Registration takes a *deal interlock* on both units (ascending unit ID) and stores the
+  deal in the shared registry with create-if-absent.
+- Disposition publishes the final deal on `apis.Mediator.deal.log` (both units write their
+  file), removes it, and releases the interlocks (descending unit ID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from typing import Any
+
+from apis.bus.base import Bus, BusError, KeyExists, Message
+from apis.config.policy import Policy
+from apis.unit import subjects
+from apis.unit.controller import Controller
+from apis.unit.deal import Deal
+from apis.unit.deallog import DealLog
+from apis.unit.registry import Registry
+from apis.unit.state import UnitState
+from apis.unit.user import Offer, deal_amount, deal_fields
+from apis.unit.userservice import UserService
+
+log = logging.getLogger(__name__)
+
+
+class DealCreationFailed(Exception):
+    pass
+
+
+class Mediator:
+    def __init__(
+        self,
+        *,
+        state: UnitState,
+        policy: Policy,
+        bus: Bus,
+        registry: Registry,
+        user: UserService,
+        controller: Controller,
+        deal_log: DealLog | None,
+        rng: random.Random,
+    ) -> None:
+        self.state = state
+        self.policy = policy
+        self.bus = bus
+        self.registry = registry
+        self.user = user
+        self.controller = controller
+        self.deal_log = deal_log
+        self.rng = rng
+        self.unit_id = state.unit_id
+        self.negotiations = 0
+        self.deals_created = 0
+
+    def new_id(self) -> str:
+        """A UUID from the unit's seeded generator, so runs are reproducible."""
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    async def subscribe(self) -> list[Any]:
+        bus = self.bus
+        return [
+            await bus.subscribe(subjects.MEDIATOR_EXTERNAL_REQUEST, self._on_external_request),
+            await bus.subscribe(subjects.interlock_deal(self.unit_id), self._on_interlock),
+            await bus.subscribe(subjects.MEDIATOR_DEAL_CREATE, self._on_create, queue="mediator"),
+            await bus.subscribe(subjects.MEDIATOR_DEALS, self._on_deals, queue="mediator"),
+            await bus.subscribe(subjects.MEDIATOR_DEAL_LOG, self._on_deal_log),
+            await bus.subscribe(subjects.MEDIATOR_DEAL_NEED_TO_STOP, self._on_need_to_stop,
+                                queue="mediator"),
+        ]
+
+    # ---- house keeping and negotiation ----------------------------------------------------
+
+    async def house_keeping_loop(self) -> None:
+        period = self.policy.user.house_keeping_period_msec / 1000
+        # Start at a random phase so the units of a cluster do not all ask at once.
+        await asyncio.sleep(self.rng.uniform(0, period))
+        while True:
+            try:
+                await self.house_keeping()
+            except Exception:
+                log.exception("%s: house keeping failed", self.unit_id)
+            await asyncio.sleep(period)
+
+    async def house_keeping(self) -> Deal | None:
+        """One pass: ask the User for a request and negotiate it."""
+        request = await self.user.request_now()
+        if request is None:
+            return None
+        return await self.negotiate(request)
+
+    async def negotiate(self, request: Offer) -> Deal | None:
+        rules = self.policy.mediator.deal
+        if request.get("amountWh", 0) <= rules.amount_min_wh:
+            return None  # too small to be worth a deal
+        request = {**request, "dealGridCurrentA": rules.grid_current_a, "unitId": self.unit_id}
+        negotiation_id = self.new_id()
+        reply_address = f"apis.negotiation.{negotiation_id}"
+        accepts: list[Offer] = []
+
+        async def gather(msg: Message) -> None:
+            accept = msg.payload
+            if isinstance(accept, dict) and accept.get("unitId") in self.policy.member_unit_ids:
+                accepts.append(accept)
+
+        self.negotiations += 1
+        subscription = await self.bus.subscribe(reply_address, gather)
+        try:
+            await self.bus.publish(
+                subjects.MEDIATOR_EXTERNAL_REQUEST, request, {subjects.REPLY_ADDRESS: reply_address}
+            )
+            await asyncio.sleep(self.policy.mediator.negotiation_timeout_msec / 1000)
+        finally:
+            await subscription.unsubscribe()
+        chosen = await self.user.choose(request, accepts)
+        if chosen is None:
+            return None
+        amount = deal_amount(request["amountWh"], chosen["amountWh"], rules)
+        if amount <= 0:
+            return None
+        if float(request["dealGridCurrentA"]) <= 0 or float(chosen["dealGridCurrentA"]) <= 0:
+            return None
+        deal = Deal.from_json(deal_fields(request, chosen, amount, negotiation_id))
+        try:
+            return await self.create_deal(deal)
+        except DealCreationFailed as e:
+            log.info("%s: deal not created: %s", self.unit_id, e)
+            return None
+
+    async def _on_external_request(self, msg: Message) -> Any:
+        request = msg.payload
+        reply = msg.headers.get(subjects.REPLY_ADDRESS)
+        if not isinstance(request, dict) or reply is None or not self.state.in_operation:
+            return None
+        requester = request.get("unitId")
+        if requester == self.unit_id or requester not in self.policy.member_unit_ids:
+            return None
+        accept = await self.user.accept_for(request)
+        if accept is None or accept["amountWh"] <= self.policy.mediator.deal.amount_min_wh:
+            return None
+        accept = {
+            **accept,
+            "dealGridCurrentA": self.policy.mediator.deal.grid_current_a,
+            "unitId": self.unit_id,
+        }
+        await self.bus.publish(reply, accept)
+        return None
+
+    # ---- deal registration ----------------------------------------------------------------
+
+    async def _on_create(self, msg: Message) -> Any:
+        if not isinstance(msg.payload, dict):
+            raise DealCreationFailed("deal.create: body must be a deal object")
+        deal = await self.create_deal(Deal.from_json(msg.payload))
+        return deal.to_json()
+
+    async def create_deal(self, deal: Deal) -> Deal:
+        """Section 3.6: check, interlock both units, store. Raise DealCreationFailed."""
+        members = self.policy.member_unit_ids
+        for unit in (deal.request_unit_id, deal.accept_unit_id):
+            if unit not in members:
+                raise DealCreationFailed(f"unit {unit!r} is not a member")
+        if deal.charge_unit_id == deal.discharge_unit_id:
+            raise DealCreationFailed(f"charge and discharge unit are both {deal.charge_unit_id}")
+        global_errors = await self.user.grid_master_reports_errors()
+        if global_errors is None:
+            raise DealCreationFailed("no Grid Master")
+        if global_errors:
+            raise DealCreationFailed("the Grid Master reports global errors")
+        for unit in (deal.charge_unit_id, deal.discharge_unit_id):
+            try:
+                if await self.bus.request(subjects.user_error_test(unit), timeout=5.0):
+                    raise DealCreationFailed(f"unit {unit} has local errors")
+            except BusError as e:
+                raise DealCreationFailed(f"unit {unit} did not answer: {e}") from None
+        deal.deal_id = self.new_id()
+        units = sorted({deal.charge_unit_id, deal.discharge_unit_id})
+        locked: list[str] = []
+        try:
+            for unit in units:
+                if not await self._interlock(unit, deal, "acquire"):
+                    raise DealCreationFailed(f"unit {unit} is busy")
+                locked.append(unit)
+            data = self.controller.data
+            deal.create_date_time = data.apis_time if data is not None else None
+            try:
+                await self.registry.create_deal(deal)
+            except KeyExists:
+                raise DealCreationFailed(f"dealId {deal.deal_id} exists") from None
+        except BaseException:
+            for unit in reversed(locked):
+                await self._interlock(unit, deal, "release")
+            raise
+        self.deals_created += 1
+        return deal
+
+    async def _interlock(self, unit: str, deal: Deal, command: str) -> bool:
+        try:
+            return bool(
+                await self.bus.request(
+                    subjects.interlock_deal(unit),
+                    {"dealId": deal.deal_id},
+                    {subjects.COMMAND: command},
+                    timeout=5.0,
+                )
+            )
+        except BusError as e:
+            log.warning("%s: interlock %s on %s failed: %s", self.unit_id, command, unit, e)
+            return False
+
+    async def _on_interlock(self, msg: Message) -> Any:
+        deal_id = (msg.payload or {}).get("dealId") if isinstance(msg.payload, dict) else None
+        if not deal_id:
+            return False
+        if msg.headers.get(subjects.COMMAND) == "acquire":
+            if deal_id in self.state.deal_ids or self.state.busy:
+                return False
+            self.state.deal_ids.append(deal_id)
+            return True
+        if deal_id in self.state.deal_ids:
+            self.state.deal_ids.remove(deal_id)
+        return True
+
+    async def _on_deals(self, msg: Message) -> Any:
+        return [stored.deal.to_json() for stored in await self.registry.all_deals()]
+
+    async def _on_need_to_stop(self, msg: Message) -> Any:
+        body = msg.payload if isinstance(msg.payload, dict) else {}
+        deal_id = str(body.get("dealId", ""))
+        reasons = [str(r) for r in body.get("reasons") or []]
+        if deal_id and reasons:
+            await self.registry.add_need_to_stop(deal_id, reasons)
+        return deal_id
+
+    # ---- disposition and the deal log -----------------------------------------------------
+
+    async def dispose(self, deal_id: str) -> Deal | None:
+        """Final log on both units, removal, interlock release (descending unit ID)."""
+        await self.registry.clear_need_to_stop(deal_id)
+        stored = await self.registry.deal(deal_id)
+        if stored is None:
+            return None
+        deal = stored.deal
+        await self.bus.publish(subjects.MEDIATOR_DEAL_LOG, deal.to_json())
+        await self.registry.remove_deal(deal_id)
+        for unit in sorted({deal.charge_unit_id, deal.discharge_unit_id}, reverse=True):
+            await self._interlock(unit, deal, "release")
+        return deal
+
+    async def _on_deal_log(self, msg: Message) -> Any:
+        if self.deal_log is None or not isinstance(msg.payload, dict):
+            return None
+        deal = Deal.from_json(msg.payload)
+        if deal.involves(self.unit_id):
+            self.deal_log.write(deal)
+            return self.unit_id
+        return "N/A"
+
+    async def deal_logging_loop(self) -> None:
+        """Rewrite this unit's live deals every `dealLoggingPeriodMsec`."""
+        period = self.policy.mediator.deal_logging_period_msec / 1000
+        while True:
+            await asyncio.sleep(period)
+            if self.deal_log is None:
+                continue
+            for deal_id in list(self.state.deal_ids):
+                try:
+                    stored = await self.registry.deal(deal_id)
+                except BusError:
+                    continue
+                if stored is not None:
+                    self.deal_log.write(stored.deal)

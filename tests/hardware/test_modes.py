@@ -45,9 +45,15 @@ def test_cc_to_cv_voltage_mode_current(current: ConverterMode) -> None:
     assert transition_steps(current, CV) == (DVG, MODE, DIG)
 
 
+@pytest.mark.parametrize("target", [DIS, CHG])
+def test_cv_to_cc_for_the_cv_transfer_sets_mode_first(target: ConverterMode) -> None:
+    # The seed's table omits it, but the CV transfer's hand-over (spec 6.5 step 3) needs it.
+    assert transition_steps(CV, target) == (MODE, DVG, DIG)
+
+
 @pytest.mark.parametrize(
     ("current", "target"),
-    [(DIS, DIS), (DIS, CHG), (CHG, CHG), (CHG, DIS), (CV, DIS), (CV, CHG), (CV, CV)],
+    [(DIS, DIS), (DIS, CHG), (CHG, CHG), (CHG, DIS), (CV, CV)],
 )
 def test_changes_apis_never_makes_are_refused(
     current: ConverterMode, target: ConverterMode

@@ -120,7 +120,7 @@ async def test_every_mode_change_in_the_seed_order(
     assert rig.converter.mode == target
 
 
-@pytest.mark.parametrize(("current", "target"), [(CV, CHG), (CV, DIS), (CHG, DIS), (CV, CV)])
+@pytest.mark.parametrize(("current", "target"), [(CHG, DIS), (DIS, CHG), (CV, CV)])
 async def test_changes_apis_never_makes_are_refused(
     rig: Rig, current: ConverterMode, target: ConverterMode
 ) -> None:

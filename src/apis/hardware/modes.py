@@ -74,14 +74,23 @@ _GO_TO_STOP = (ModeChangeStep.SET_MODE, ModeChangeStep.SET_VOLTAGE, ModeChangeSt
 # current limit must not cut in while it is still a CC unit.
 _CC_TO_CV = (ModeChangeStep.SET_VOLTAGE, ModeChangeStep.SET_MODE, ModeChangeStep.SET_CURRENT)
 
+# Not in the seed's table ("not done by APIS"), yet apis-main makes it: step 3 of the CV
+# transfer (spec 6.5) turns the old voltage reference into a CC unit while the new one already
+# holds the grid. Mode first, as when stopping: the converter must stop acting as a voltage
+# source before its voltage set-point moves (a CV unit at dvg = range max would pull the grid
+# up against the new reference).
+_CV_TO_CC = (ModeChangeStep.SET_MODE, ModeChangeStep.SET_VOLTAGE, ModeChangeStep.SET_CURRENT)
+
 _CC = (ConverterMode.DISCHARGE, ConverterMode.CHARGE)
 
-# The seed's mode-change table (from, to) -> order. Pairs absent here are never made by APIS.
+# The seed's mode-change table (from, to) -> order, plus CV -> CC (above). Pairs absent here
+# are never made by APIS.
 MODE_CHANGE_ORDER: dict[tuple[ConverterMode, ConverterMode], tuple[ModeChangeStep, ...]] = {
     **{(ConverterMode.WAITING, to): _LEAVE_STOP for to in ConverterMode},
     **{(cc, ConverterMode.WAITING): _GO_TO_STOP for cc in _CC},
     (ConverterMode.VOLTAGE_REFERENCE, ConverterMode.WAITING): _GO_TO_STOP,
     **{(cc, ConverterMode.VOLTAGE_REFERENCE): _CC_TO_CV for cc in _CC},
+    **{(ConverterMode.VOLTAGE_REFERENCE, cc): _CV_TO_CC for cc in _CC},
 }
 
 

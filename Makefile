@@ -19,7 +19,7 @@ setup: $(STAMP)
 system-deps:
 	@missing=""; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
-	true; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

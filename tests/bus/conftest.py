@@ -1,15 +1,42 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from apis.bus.base import Bus
 from apis.bus.memory import MemoryHub
+from apis.bus.natsserver import NatsCluster
 
 _names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def nats_single() -> Iterator[NatsCluster]:
+    """One nats-server with JetStream for the module; stopped at its end, pass or fail.
+
+    The processes belong to no event loop, so a module-scoped fixture can serve tests that
+    each run on their own loop.
+    """
+    server = NatsCluster(1)
+    run_apart(server.start)
+    try:
+        yield server
+    finally:
+        run_apart(server.stop)
+
+
+def run_apart(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a coroutine on a fresh loop in another thread (a test's loop may be running)."""
+
+    async def wrapped() -> None:
+        await main()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, wrapped()).result()
 
 
 def unique(prefix: str) -> str:
@@ -35,7 +62,7 @@ class Network:
             await bus.close()
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "nats"])
 async def network(request: pytest.FixtureRequest) -> AsyncIterator[Network]:
     if request.param == "memory":
         hub = MemoryHub()
@@ -45,7 +72,7 @@ async def network(request: pytest.FixtureRequest) -> AsyncIterator[Network]:
 
         net = Network("memory", connect_memory)
     else:
-        server: Any = request.getfixturevalue("nats_single")
+        server: NatsCluster = request.getfixturevalue("nats_single")
         from apis.bus.nats import NatsBus
 
         async def connect_nats(name: str) -> Bus:

@@ -1,0 +1,576 @@
+"""The bus over NATS: core NATS for messages, JetStream key-value buckets for shared state.
+
+    bus = await NatsBus.connect(["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"], name="E001")
+
+Semantics match `apis.bus.memory` (see its module docstring): payloads travel as JSON; each
+delivered message is handled in its own task owned by the bus; a handler that raises answers
+a request with an empty reply carrying the ``APIS-Error`` header, which the requester turns
+into `RemoteFailure`; "no responders" from the server becomes `NoHandlers`.
+
+Key-value: a bucket is a JetStream KV bucket (history 1, `replicas` copies, ``max_age`` =
+`ttl`, with server-placed delete markers so that watchers see expiry). The revision is the
+stream sequence. Writes are compare-and-set through ``Nats-Expected-Last-Subject-Sequence``.
+
+Failover: the client reconnects forever. A key-value operation that times out (or finds no
+stream leader) during a server failover is retried a bounded number of times:
+
+- reads (`get`, `keys`, opening a bucket) are simply repeated;
+- writes are never blindly repeated, because a write whose acknowledgement was lost may have
+  landed, and repeating it would then fail its own compare-and-set (a `create` would report
+  `KeyExists` for its own value). Every write carries a unique ``Nats-Msg-Id``. After a
+  timeout we re-read the key: if its latest message carries our id, the write landed and we
+  return its revision. Otherwise we send the very same message again (same id, same expected
+  revision): if the first one landed after all (and was overwritten since), JetStream's
+  duplicate detection answers with the original revision instead of storing it twice;
+  if it never landed, the expected revision decides as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as _NatsSub
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.kv import KeyValue as _NatsKV
+from nats.nuid import NUID
+
+from apis.bus.base import (
+    JSON,
+    BusError,
+    Change,
+    Entry,
+    Handler,
+    KeyExists,
+    Message,
+    NoHandlers,
+    RemoteFailure,
+    RequestTimeout,
+    RevisionMismatch,
+)
+from apis.bus.memory import check_bucket, check_key
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ERROR_HEADER = "APIS-Error"
+DEFAULT_SERVER = "nats://127.0.0.1:4222"
+
+_MSG_ID = "Nats-Msg-Id"
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_KV_OPERATION = "KV-Operation"
+_MARKER_REASON = "Nats-Marker-Reason"  # a server-placed marker (expiry by max_age, ...)
+_DELETE_OPERATIONS = ("DEL", "PURGE")
+_WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
+
+# Errors after which the outcome is unknown and the server may be failing over.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
+
+
+def encode(payload: JSON) -> bytes:
+    try:
+        return json.dumps(payload, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"payload {payload!r:.200} is not a JSON value: {exc}") from None
+
+
+def decode(data: bytes) -> JSON:
+    return json.loads(data) if data else None
+
+
+def _header_text(text: str) -> str:
+    # Header values end at the line; keep the message on one line.
+    return " ".join(text.split()) or "failure"
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _TRANSIENT):
+        return True
+    # 503: JetStream (or the stream's leader) is not available right now.
+    return isinstance(exc, nats.js.errors.APIError) and exc.code == 503
+
+
+def _is_wrong_last_sequence(exc: BaseException) -> bool:
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in _WRONG_LAST_SEQUENCE
+
+
+class _Conflict(Exception):
+    """The expected revision was not the key's latest."""
+
+
+class _NatsSubscription:
+    def __init__(self, sub: _NatsSub) -> None:
+        self._sub = sub
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats.errors.Error as exc:
+            log.debug("unsubscribe %s: %r", self._sub.subject, exc)
+
+
+class NatsBus:
+    """The `Bus` protocol over a NATS connection; make one with `NatsBus.connect`."""
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        name: str,
+        replicas: int | None,
+        kv_timeout: float,
+        kv_attempts: int,
+    ) -> None:
+        self._nc = nc
+        self.name = name
+        self._js: JetStreamContext = nc.jetstream(timeout=kv_timeout)
+        self._replicas = replicas
+        self.kv_timeout = kv_timeout
+        self.kv_attempts = kv_attempts
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchers: set[_NatsKV.KeyWatcher] = set()
+        self._closed = False
+        self._nuid = NUID()
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | Sequence[str] = DEFAULT_SERVER,
+        *,
+        name: str = "apis",
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        creds: str | None = None,
+        replicas: int | None = None,
+        connect_timeout: float = 5.0,
+        reconnect_wait: float = 1.0,
+        ping_interval: float = 10.0,
+        kv_timeout: float = 5.0,
+        kv_attempts: int = 5,
+        connect_attempts: int = 3,
+    ) -> NatsBus:
+        """Connect to a NATS server or cluster; reconnects forever once connected.
+
+        `replicas`: copies of each new key-value bucket; default min(3, servers in the
+        cluster as the server reports them). `kv_timeout` bounds one key-value operation,
+        `kv_attempts` how often it is tried during a failover. `creds` is a ``.creds`` file.
+        The first connection gives up (`BusError`) after `connect_attempts` rounds.
+        """
+        urls = [servers] if isinstance(servers, str) else list(servers)
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("%s: nats: %r", name, exc)
+
+        async def on_disconnected() -> None:
+            log.info("%s: nats disconnected", name)
+
+        async def on_reconnected() -> None:
+            log.info("%s: nats reconnected to %s", name, nc.connected_url)
+
+        options: dict[str, Any] = {}
+        if tls is not None:
+            options["tls"] = tls
+        if tls_hostname is not None:
+            options["tls_hostname"] = tls_hostname
+        if user is not None:
+            options["user"] = user
+            options["password"] = password
+        if token is not None:
+            options["token"] = token
+        if creds is not None:
+            options["user_credentials"] = creds
+        try:
+            nc = await nats.connect(
+                urls,
+                name=name,
+                allow_reconnect=True,
+                # A first connection that fails (wrong password, no server) is reported after
+                # a few rounds over the servers; once connected, reconnect forever (below).
+                max_reconnect_attempts=connect_attempts,
+                reconnect_time_wait=reconnect_wait,
+                connect_timeout=connect_timeout,
+                ping_interval=ping_interval,
+                max_outstanding_pings=3,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                **options,
+            )
+        except (nats.errors.Error, OSError) as exc:
+            raise BusError(f"{name}: cannot connect to NATS at {', '.join(urls)}: {exc!r}") from exc
+        nc.options["max_reconnect_attempts"] = -1  # a unit outlives server restarts
+        return cls(nc, name=name, replicas=replicas, kv_timeout=kv_timeout, kv_attempts=kv_attempts)
+
+    def __repr__(self) -> str:
+        return f"<NatsBus {self.name} {self._nc.connected_url}>"
+
+    @property
+    def client(self) -> Client:
+        """The nats-py connection (for diagnostics)."""
+        return self._nc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusError(f"bus {self.name} is closed")
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def publish(
+        self, subject: str, payload: JSON = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self._check_open()
+        data = encode(payload)
+        try:
+            await self._nc.publish(subject, data, headers=dict(headers) if headers else None)
+        except nats.errors.Error as exc:
+            raise BusError(f"publish on {subject}: {exc!r}") from exc
+
+    async def subscribe(
+        self, subject: str, handler: Handler, queue: str | None = None
+    ) -> _NatsSubscription:
+        self._check_open()
+
+        async def deliver(msg: Msg) -> None:
+            task = asyncio.get_running_loop().create_task(self._handle(handler, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        try:
+            sub = await self._nc.subscribe(subject, queue=queue or "", cb=deliver)
+            await self._nc.flush(timeout=max(1, int(self.kv_timeout)))  # server knows it now
+        except nats.errors.Error as exc:
+            raise BusError(f"subscribe to {subject}: {exc!r}") from exc
+        return _NatsSubscription(sub)
+
+    async def _handle(self, handler: Handler, msg: Msg) -> None:
+        reply = msg.reply or None
+        try:
+            message = Message(msg.subject, decode(msg.data), dict(msg.headers or {}), reply)
+            result = await handler(message)
+            data = encode(result) if reply is not None else b""
+        except Exception as exc:
+            if reply is None:
+                log.exception("%s: handler of %s failed", self.name, msg.subject)
+                return
+            log.debug("%s: handler of %s failed: %r", self.name, msg.subject, exc)
+            failure = _header_text(str(exc) or type(exc).__name__)
+            await self._reply(reply, b"", {ERROR_HEADER: failure})
+            return
+        if reply is not None:
+            await self._reply(reply, data, None)
+
+    async def _reply(self, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        try:
+            await self._nc.publish(reply, data, headers=headers)
+        except nats.errors.Error as exc:
+            log.warning("%s: reply to %s lost: %r", self.name, reply, exc)
+
+    async def request(
+        self,
+        subject: str,
+        payload: JSON = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> JSON:
+        self._check_open()
+        data = encode(payload)
+        try:
+            msg = await self._nc.request(
+                subject, data, timeout=timeout, headers=dict(headers) if headers else None
+            )
+        except nats.errors.NoRespondersError:
+            raise NoHandlers(f"no handlers for {subject}") from None
+        except nats.errors.TimeoutError:
+            raise RequestTimeout(f"no reply on {subject} within {timeout} s") from None
+        except nats.errors.Error as exc:
+            raise BusError(f"request on {subject}: {exc!r}") from exc
+        if msg.headers and ERROR_HEADER in msg.headers:
+            raise RemoteFailure(msg.headers[ERROR_HEADER])
+        return decode(msg.data)
+
+    # -- key-value --------------------------------------------------------------------------
+
+    async def _retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run an idempotent operation, repeating it after transient failures."""
+        delay = 0.25
+        for attempt in range(1, self.kv_attempts + 1):
+            self._check_open()
+            try:
+                return await operation()
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
+                if attempt == self.kv_attempts:
+                    raise RequestTimeout(
+                        f"{self.name}: {what} failed {attempt} times, last: {exc!r}"
+                    ) from exc
+                log.info("%s: %s: %r, attempt %d, retrying", self.name, what, exc, attempt)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _cluster_size(self) -> int:
+        info = self._nc._server_info  # the INFO the server sent: other servers' client URLs
+        own = (
+            f"{self._nc.connected_url.hostname}:{self._nc.connected_url.port}"
+            if (self._nc.connected_url)
+            else ""
+        )
+        urls = set(info.get("connect_urls") or []) | {own}
+        return max(1, len(urls))
+
+    async def kv(self, bucket: str, ttl: float | None = None) -> NatsKeyValue:
+        self._check_open()
+        check_bucket(bucket)
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"ttl = {ttl} for bucket {bucket!r} (must be > 0 or None)")
+        stream = f"KV_{bucket}"
+        replicas = self._replicas or min(3, self._cluster_size())
+
+        async def open_bucket() -> _NatsKV:
+            try:
+                info = await self._js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                try:
+                    return await self._js.create_key_value(
+                        bucket=bucket,
+                        history=1,
+                        ttl=ttl,
+                        replicas=replicas,
+                        # the server marks expiry by max_age with a delete marker (kept
+                        # this long), so watchers see it
+                        limit_marker_ttl=max(1.0, ttl) if ttl is not None else None,
+                    )
+                except nats.js.errors.BadRequestError:
+                    info = await self._js.stream_info(stream)  # created meanwhile, differently
+            existing = info.config.max_age or None
+            if (existing is None) != (ttl is None) or (
+                existing is not None and ttl is not None and abs(existing - ttl) > 1e-6
+            ):
+                raise BusError(f"bucket {bucket!r} exists with ttl = {existing} (asked for {ttl})")
+            return await self._js.key_value(bucket)
+
+        handle = await self._retry(f"open bucket {bucket}", open_bucket)
+        return NatsKeyValue(self, handle, bucket)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for watcher in list(self._watchers):
+            await _stop(watcher)
+        self._watchers.clear()
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._nc.close()
+        except nats.errors.Error as exc:
+            log.debug("%s: closing: %r", self.name, exc)
+
+
+async def _stop(watcher: _NatsKV.KeyWatcher) -> None:
+    try:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    except (nats.errors.Error, AttributeError) as exc:  # AttributeError: never subscribed
+        log.debug("stopping a watcher: %r", exc)
+
+
+def _deleted(msg: RawStreamMsg) -> bool:
+    headers = msg.headers or {}
+    return headers.get(_KV_OPERATION) in _DELETE_OPERATIONS or _MARKER_REASON in headers
+
+
+class NatsKeyValue:
+    """A JetStream key-value bucket; implements the `KeyValue` protocol."""
+
+    def __init__(self, bus: NatsBus, handle: _NatsKV, bucket: str) -> None:
+        self._bus = bus
+        self._js = bus._js
+        self._handle = handle
+        self.bucket = bucket
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
+
+    async def _latest(self, key: str) -> RawStreamMsg | None:
+        """The key's last message (a value or a delete marker), read from the stream leader."""
+        try:
+            return await self._js.get_msg(self._stream, subject=self._prefix + key)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def _read(self, key: str) -> RawStreamMsg | None:
+        return await self._bus._retry(f"get {self.bucket}/{key}", lambda: self._latest(key))
+
+    async def get(self, key: str) -> Entry | None:
+        self._bus._check_open()
+        check_key(key)
+        msg = await self._read(key)
+        if msg is None or _deleted(msg) or msg.seq is None:
+            return None
+        return Entry(key, decode(msg.data or b""), msg.seq)
+
+    async def _write(self, key: str, data: bytes, headers: dict[str, str]) -> int:
+        """Publish one write; return its revision; `_Conflict` if the CAS header failed.
+
+        On a timeout the outcome is unknown: see the module docstring for why re-reading and
+        re-sending the same message (same ``Nats-Msg-Id``) is safe while a blind retry is not.
+        """
+        self._bus._check_open()
+        msg_id = self._bus._nuid.next().decode()
+        headers = {**headers, _MSG_ID: msg_id}
+        subject = self._prefix + key
+        delay = 0.25
+        for attempt in range(1, self._bus.kv_attempts + 1):
+            try:
+                ack = await self._js.publish(subject, data, headers=dict(headers))
+                return ack.seq
+            except Exception as exc:
+                if _is_wrong_last_sequence(exc):
+                    raise _Conflict(str(exc)) from exc
+                if not _is_transient(exc):
+                    raise
+                failure = exc
+            log.info(
+                "%s: write %s/%s: %r (attempt %d)",
+                self._bus.name,
+                self.bucket,
+                key,
+                failure,
+                attempt,
+            )
+            try:
+                latest = await self._latest(key)
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
+                latest = None
+            if latest is not None and (latest.headers or {}).get(_MSG_ID) == msg_id:
+                assert latest.seq is not None
+                return latest.seq  # it landed; only the acknowledgement was lost
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise RequestTimeout(
+            f"{self._bus.name}: write of {self.bucket}/{key} unconfirmed after "
+            f"{self._bus.kv_attempts} attempts (last: {failure!r})"
+        )
+
+    async def create(self, key: str, value: JSON) -> int:
+        check_key(key)
+        if value is None:
+            raise ValueError(f"value for {key!r} is None (None marks a deleted key)")
+        data = encode(value)
+        expected = 0
+        for _ in range(5):
+            try:
+                return await self._write(key, data, {_EXPECTED_LAST: str(expected)})
+            except _Conflict:
+                latest = await self._read(key)
+                if latest is None:
+                    expected = 0  # a delete marker aged out meanwhile
+                elif _deleted(latest) and latest.seq is not None:
+                    expected = latest.seq  # creating over a deleted or expired key
+                else:
+                    break
+        raise KeyExists(f"key {key!r} exists in bucket {self.bucket}")
+
+    async def update(self, key: str, value: JSON, revision: int) -> int:
+        check_key(key)
+        if value is None:
+            raise ValueError(f"value for {key!r} is None (None marks a deleted key)")
+        try:
+            return await self._write(key, encode(value), {_EXPECTED_LAST: str(revision)})
+        except _Conflict:
+            raise RevisionMismatch(
+                f"key {key!r} in bucket {self.bucket}: revision {revision} is not the latest"
+            ) from None
+
+    async def put(self, key: str, value: JSON) -> int:
+        check_key(key)
+        if value is None:
+            raise ValueError(f"value for {key!r} is None (None marks a deleted key)")
+        return await self._write(key, encode(value), {})
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        check_key(key)
+        headers = {_KV_OPERATION: "DEL"}
+        if revision is not None:
+            headers[_EXPECTED_LAST] = str(revision)
+        try:
+            await self._write(key, b"", headers)
+        except _Conflict:
+            raise RevisionMismatch(
+                f"delete {key!r} in bucket {self.bucket}: revision {revision} is not the latest"
+            ) from None
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        self._bus._check_open()
+
+        async def list_keys() -> list[str]:
+            try:
+                found: list[str] = await self._handle.keys()
+            except nats.js.errors.NoKeysError:
+                return []
+            return found
+
+        found = await self._bus._retry(f"keys of {self.bucket}", list_keys)
+        return sorted(key for key in found if key.startswith(prefix))
+
+    def watch(self, prefix: str = "") -> AsyncIterator[Change]:
+        """Current entries under `prefix` (oldest revision first), then every change.
+
+        The watch starts at the first iteration (the subscription needs the server).
+        """
+        self._bus._check_open()
+        return self._changes(prefix)
+
+    async def _changes(self, prefix: str) -> AsyncIterator[Change]:
+        # Filter on the server by whole tokens, then by the exact prefix here.
+        cut = prefix.rfind(".")
+        subject_filter = prefix[: cut + 1] + ">" if cut >= 0 else ">"
+        watcher = await self._bus._retry(
+            f"watch {self.bucket}", lambda: self._handle.watch(subject_filter)
+        )
+        self._bus._watchers.add(watcher)
+        initial = True
+        try:
+            async for update in watcher:
+                if update is None:  # the current entries have all been delivered
+                    initial = False
+                    continue
+                if not update.key.startswith(prefix):
+                    continue
+                if update.operation in _DELETE_OPERATIONS:
+                    if not initial:
+                        yield Change(update.key, None)
+                else:
+                    value = decode(update.value or b"")
+                    yield Change(update.key, Entry(update.key, value, update.revision or 0))
+        finally:
+            if watcher in self._bus._watchers:
+                self._bus._watchers.discard(watcher)
+                await _stop(watcher)

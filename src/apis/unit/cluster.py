@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from apis.bus.memory import MemoryBus, MemoryHub
 from apis.config.loader import Cluster
 from apis.hardware.driver import DeviceDriver
+from apis.unit import subjects
 from apis.unit.deal import Deal
 from apis.unit.node import Unit
 from apis.unit.registry import Registry
@@ -131,6 +133,12 @@ class InProcessCluster:
     async def deals(self) -> list[Deal]:
         assert self._registry is not None
         return [s.deal for s in await self._registry.all_deals()]
+
+    async def inject_deal(self, fields: dict[str, Any]) -> Deal:
+        """Create a deal from outside (`apis.Mediator.deal.create`), as a management tool."""
+        assert self._observer is not None
+        reply = await self._observer.request(subjects.MEDIATOR_DEAL_CREATE, fields, timeout=30.0)
+        return Deal.from_json(reply)
 
     @property
     def registry(self) -> Registry:

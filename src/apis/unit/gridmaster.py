@@ -216,6 +216,8 @@ class GridMaster:
         await self.scram([str(e) for e in errors])
         if any(e.category == "HARDWARE" for e in errors):
             await self.registry.set_global_mode("stop")  # BudoStop: an operator must resume
+        elif any(e.category in ("LOGIC", "FRAMEWORK") for e in errors):
+            await self.bus.publish("apis.reset.all")  # ResetAll: elect afresh
 
     async def scram(self, reasons: list[str]) -> None:
         """CC units to WAIT, then (after the delay) the VR; every deal ends (section 11.4)."""

@@ -8,6 +8,7 @@ elected, its Grid Master, all owned by one TaskGroup.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import uuid
@@ -17,7 +18,7 @@ from typing import Any
 from apis.bus.base import Bus, BusError, KeyExists, Message, NoHandlers, Subscription
 from apis.config.loader import UnitFiles
 from apis.config.policy import Policy
-from apis.hardware.driver import DeviceDriver
+from apis.hardware.driver import DeviceDriver, DriverError
 from apis.unit import subjects
 from apis.unit.controller import Controller
 from apis.unit.data import deal_interlock_capacity
@@ -33,6 +34,8 @@ from apis.unit.userservice import UserService
 log = logging.getLogger(__name__)
 
 SUPPORTED_INTERFACE_MAJOR = "2"
+POLICY_KEY = "policy"
+RESET_ALL = "apis.reset.all"
 
 
 class StartupFailed(Exception):
@@ -141,7 +144,10 @@ class Unit:
         else:
             raise StartupFailed(f"another unit with id {self.unit_id} is running")
         if self.check_driver_version:
-            version = await self.driver.version()
+            try:
+                version = await self.driver.version()
+            except DriverError as e:
+                raise StartupFailed(f"driver unreachable: {e}") from None
             major = version.comm_interface_version.split(".")[0]
             if "." not in version.comm_interface_version or major != SUPPORTED_INTERFACE_MAJOR:
                 raise StartupFailed(
@@ -149,6 +155,14 @@ class Unit:
                     f"(must be {SUPPORTED_INTERFACE_MAJOR}.x)"
                 )
         self.registry = registry = await Registry.open(self.bus)
+        # Every unit of a cluster must run the same policy (compared in canonical form).
+        mine = json.dumps(self.policy.to_json(), sort_keys=True, separators=(",", ":"))
+        try:
+            await registry.state.create(POLICY_KEY, mine)
+        except KeyExists:
+            entry = await registry.state.get(POLICY_KEY)
+            if entry is not None and entry.value != mine:
+                raise StartupFailed("my POLICY is different from cluster's") from None
         self.controller = Controller(
             config=self.config,
             hw=self.hw,
@@ -195,6 +209,7 @@ class Unit:
         subs.extend(await self.user.subscribe())
         subs.extend(await self.mediator.subscribe())
         subs.extend(await self.election.subscribe())
+        subs.append(await self.bus.subscribe(RESET_ALL, self._on_reset_all))
 
     async def _clean_up(self) -> None:
         tasks = [t for t in [*self._tasks, self._gm_task] if t is not None]
@@ -242,6 +257,17 @@ class Unit:
                 except Exception as e:
                     log.error("%s: stop on fatal error failed: %s", self.unit_id, e)
             self.shutdown()
+        return None
+
+    async def _on_reset_all(self, msg: Message) -> Any:
+        """Section 11.5: forget coordination state; a Grid Master is elected afresh."""
+        await self.stop_grid_master()
+        self.state.deal_ids.clear()
+        if self.registry is not None:
+            try:
+                await self.registry.clear_grid_master()
+            except BusError:
+                pass
         return None
 
     # ---- the Grid Master on this unit -----------------------------------------------------

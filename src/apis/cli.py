@@ -35,11 +35,13 @@ def _register() -> None:
     from apis.config import cli as config_cli
     from apis.emulator import cli as emulator_cli
     from apis.hardware import cli as hardware_cli
+    from apis.web import cli as web_cli
 
     config_cli.register(app)
     hardware_cli.register(app)
     emulator_cli.register(app)
     demo_cli.register(app)
+    web_cli.register(app)
 
 
 _register()

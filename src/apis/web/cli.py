@@ -1,0 +1,61 @@
+"""`apis web --bus nats://...`: the operations UI and API for a running multi-process cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import typer
+
+from apis.web.server import DEFAULT_HOST, DEFAULT_PORT
+
+
+async def _serve(bus_url: str, host: str, port: int, token: str | None,
+                 history: str) -> None:
+    from apis.bus.nats import NatsBus
+    from apis.store.history import HistoryStore
+    from apis.web.server import WebServer
+
+    servers = [s.strip() for s in bus_url.split(",") if s.strip()]
+    bus = await NatsBus.connect(servers, name="apis-web")
+    store = HistoryStore(history)
+    try:
+        web = WebServer(bus, store=store, host=host, port=port, token=token)
+        async with web.running():
+            typer.echo(f"APIS operations UI: {web.url}")
+            typer.echo(f"control token: {web.token}")
+            typer.echo(f"open with the token: {web.url_with_token}")
+            typer.echo(f"API docs: {web.url}docs")
+            await asyncio.Event().wait()  # until Ctrl-C
+    finally:
+        await bus.close()
+        store.close()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("web")
+    def web(
+        bus: str = typer.Option(..., "--bus", help="NATS server URL(s), comma-separated, "
+                                "e.g. nats://127.0.0.1:4222."),
+        host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to listen on."),
+        port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on."),
+        token: str | None = typer.Option(
+            None, "--token", help="Control token (default: $APIS_WEB_TOKEN, else a new "
+            "random token printed at start-up)."
+        ),
+        history: str = typer.Option(":memory:", "--history",
+                                    help="SQLite file for deal/error/mode history."),
+    ) -> None:
+        """Serve the operations web UI and API for a cluster on a NATS bus."""
+        if not bus.startswith(("nats://", "tls://")):
+            raise typer.BadParameter(f"--bus = {bus!r} (must be a nats:// or tls:// URL)")
+        if not 0 <= port <= 65535:
+            raise typer.BadParameter(f"--port = {port} (must be within 0..65535)")
+        try:
+            asyncio.run(_serve(bus, host, port, token or os.environ.get("APIS_WEB_TOKEN"),
+                               history))
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+        except OSError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None

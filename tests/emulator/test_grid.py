@@ -6,6 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apis.config.grid import GridConfig, GridLine, GridNode
 from apis.config.hwconfig import HwConfig
@@ -91,7 +93,15 @@ def test_droop_sharing_between_two_voltage_references() -> None:
     assert bus == pytest.approx(350.0 - i1 * r1, rel=1e-9)
 
 
-def test_two_references_fight_and_the_conflict_is_recorded() -> None:
+def _assert_conserved(world: World) -> None:
+    for unit in world.unit_ids:
+        c = world.counters(unit)
+        assert abs(c.balance_error_wh) <= 1e-6 * max(c.moved_wh, 1.0), (unit, c)
+    moved = float(np.sum(world.grid_out_wh + world.grid_in_wh))
+    assert abs(world.grid_balance_error_wh) <= 1e-6 * max(moved, 1.0)
+
+
+def test_two_references_fight_limited_at_dig_and_the_conflict_is_recorded() -> None:
     world = _world(2)
     world.set_converter("E001", CV, 350.0, 2.3, 0.0)
     world.advance(20)
@@ -102,17 +112,178 @@ def test_two_references_fight_and_the_conflict_is_recorded() -> None:
     assert len(world.voltage_conflicts) == 1
     conflict = world.voltage_conflicts[0]
     assert conflict.unit_ids == ("E001", "E002")
-    # Stiff sources 10 V apart over 2 x 0.05 ohm of line: a large circulating current.
-    assert world.ig[0] > 40.0 and world.ig[1] < -40.0
-    assert conflict.fight_current_a > 40.0
-    assert Alarm.VOLTAGE_CONFLICT in world.alarm_flags("E001")
-    assert Alarm.CURRENT_LIMIT in world.alarm_flags("E002")
-    # Kilowatts of loss: the fight ends when a converter trips on over-temperature.
-    world.advance(60)
-    tripped = [u for u in ("E001", "E002") if Alarm.OVER_TEMPERATURE in world.alarm_flags(u)]
-    assert tripped
+    # Stiff sources 10 V apart would push ~50 A at each other over 2 x 0.05 ohm of line;
+    # each converter limits its output at its dig instead: E002 gives 2.3 A, E001 takes it.
+    assert world.ig[1] == pytest.approx(-2.3, abs=1e-9)
+    assert world.ig[0] == pytest.approx(2.3, abs=1e-9)
+    assert conflict.fight_current_a == pytest.approx(2.3, abs=1e-9)
+    for unit in ("E001", "E002"):
+        assert Alarm.VOLTAGE_CONFLICT in world.alarm_flags(unit)
+        assert Alarm.CURRENT_LIMIT in world.alarm_flags(unit)
+    # The bus sits between the two set-points, where both are limited.
+    assert 350.0 < world.node_voltages()["BUS"] < 360.0
+    # Limited, the fight no longer overheats anything: it goes on until someone stops.
+    world.advance(600)
+    assert world.voltage_conflict_active and len(world.voltage_conflicts) == 1
+    assert not any(world.tripped(i) for i in range(2))
+    assert world.ig[1] == pytest.approx(-2.3, abs=1e-9)
+    _assert_conserved(world)
+    world.set_converter("E002", ConverterMode.WAITING, 350.0, 0.0, 0.0)
+    world.advance(1)
     assert not world.voltage_conflict_active
-    assert len(world.voltage_conflicts) == 1  # one record per onset, not per step
+    assert world.voltage_conflicts[0].end_s is not None
+    assert Alarm.CURRENT_LIMIT not in world.alarm_flags("E001")
+    _assert_conserved(world)
+
+
+def test_fight_with_unequal_limits_the_weaker_reference_limits() -> None:
+    world = _world(2)
+    world.set_converter("E001", CV, 350.0, 2.0, 0.0)
+    world.advance(20)
+    world.set_converter("E002", CV, 360.0, 2.3, 0.0)
+    world.advance(20)
+    # E001 can take only 2.0 A; E002 gives exactly that and holds its own voltage.
+    assert world.ig[0] == pytest.approx(2.0, abs=1e-9)
+    assert world.ig[1] == pytest.approx(-2.0, abs=1e-9)
+    r_out = ConverterModel().output_resistance_ohm
+    assert world.vg[1] == pytest.approx(360.0 - 2.0 * r_out, abs=1e-9)
+    assert Alarm.CURRENT_LIMIT in world.alarm_flags("E001")
+    assert Alarm.CURRENT_LIMIT not in world.alarm_flags("E002")
+    assert [c.unit_ids for c in world.voltage_conflicts] == [("E001", "E002")]
+    _assert_conserved(world)
+
+
+def test_limited_reference_lets_the_grid_sag_and_chargers_share_what_is_left() -> None:
+    """CV dig 2.3 A, chargers asking 3 A: the reference gives 2.3 A, the grid sags.
+
+    Chosen behaviour: a CC charger never pulls its terminal below its under-voltage limit
+    `ugv` (300 V): it takes less instead, down to nothing, and raises GRID_UNDER_VOLTAGE (a
+    light alarm; it keeps running and takes its full current again as soon as the grid can
+    give it). The grid therefore settles at `ugv` and the chargers share the 2.3 A.
+    """
+    world = _world(3)
+    ugv = ConverterModel().under_voltage_v
+    r_out = ConverterModel().output_resistance_ohm
+    world.set_converter("E001", CV, 350.0, 2.3, 0.0)
+    world.advance(20)
+    world.set_converter("E002", ConverterMode.CHARGE, 350.0, 1.5, 0.0)
+    world.set_converter("E003", ConverterMode.CHARGE, 350.0, 1.5, 0.0)
+    world.advance(10)
+    assert -world.ig[0] == pytest.approx(2.3, abs=1e-9)  # E001 gives its limit
+    assert world.ig[1] == pytest.approx(1.15, abs=1e-9)  # each charger gets half
+    assert world.ig[2] == pytest.approx(1.15, abs=1e-9)
+    for i in (1, 2):
+        assert world.vg[i] == pytest.approx(ugv + 1.15 * r_out, abs=1e-9)
+    assert world.node_voltages()["BUS"] < 301.0
+    assert Alarm.CURRENT_LIMIT in world.alarm_flags("E001")
+    for unit in ("E002", "E003"):
+        assert Alarm.GRID_UNDER_VOLTAGE in world.alarm_flags(unit)
+        assert world.converter_data(unit).status.alarm_state == "Light alarm"
+    assert world.voltage_conflicts == []
+    _assert_conserved(world)
+    # One charger stops: the reference is back inside its limit, the grid recovers.
+    world.set_converter("E003", ConverterMode.WAITING, 350.0, 0.0, 0.0)
+    world.advance(5)
+    assert -world.ig[0] == pytest.approx(1.5, abs=1e-6)
+    assert world.ig[1] == pytest.approx(1.5, abs=1e-6)
+    assert world.vg[0] == pytest.approx(350.0 - 1.5 * r_out, abs=1e-6)
+    assert world.alarm_flags("E001") & Alarm.CURRENT_LIMIT == 0
+    assert world.alarm_flags("E002") & Alarm.GRID_UNDER_VOLTAGE == 0
+    _assert_conserved(world)
+
+
+def test_limited_reference_lets_the_grid_rise_and_dischargers_give_less() -> None:
+    world = _world(2)
+    world.set_converter("E001", CV, 350.0, 1.0, 0.0)
+    world.advance(20)
+    world.set_converter("E002", ConverterMode.DISCHARGE, 350.0, 2.0, 0.0)
+    world.advance(10)
+    assert world.ig[0] == pytest.approx(1.0, abs=1e-9)
+    assert world.ig[1] == pytest.approx(-1.0, abs=1e-9)
+    ogv = float(world.ogv[1])
+    assert world.vg[1] == pytest.approx(ogv - 1.0 * ConverterModel().output_resistance_ohm)
+    assert Alarm.CURRENT_LIMIT in world.alarm_flags("E001")
+    assert Alarm.GRID_OVER_VOLTAGE in world.alarm_flags("E002")
+    _assert_conserved(world)
+
+
+def test_reference_also_limits_at_the_converter_hardware_maximum() -> None:
+    model = ConverterModel()
+    world = _world(4)
+    world.set_converter("E001", CV, 350.0, 20.0, 0.0)  # beyond the hardware (no driver check)
+    world.advance(20)
+    for unit in ("E002", "E003", "E004"):
+        world.set_converter(unit, ConverterMode.CHARGE, 350.0, 3.0, 0.0)
+    world.advance(10)
+    assert -world.ig[0] == pytest.approx(model.device_dig_max_a, abs=1e-9)
+    assert float(np.sum(world.ig[1:])) == pytest.approx(model.device_dig_max_a, abs=1e-9)
+    assert Alarm.CURRENT_LIMIT in world.alarm_flags("E001")
+    _assert_conserved(world)
+
+
+def test_limited_solve_reuses_factorizations_by_active_set() -> None:
+    grid = GridNetwork(_three_node_grid())
+    anchor = np.array([0])
+    nodes = np.array([0, 2])  # reference at A, charger at C
+    g = np.array([100.0, 100.0])
+    lo = np.array([-2.3, -3.0])
+    hi = np.array([2.3, 0.0])
+
+    def solve(draw: float) -> None:
+        lo[1] = -draw
+        grid.solve_limited(
+            anchor, nodes, g, np.array([350.0, 300.0]), lo, hi, np.zeros(3)
+        )
+
+    solve(1.0)  # normal: reference linear, charger at its current
+    normal = grid.factorizations
+    solve(3.0)  # reference limited, charger held at ugv: another matrix
+    limited = grid.factorizations
+    assert limited > normal
+    for _ in range(3):
+        solve(1.0)
+        solve(3.0)
+    assert grid.factorizations == limited  # both cached
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 2]),
+            st.floats(0.5, 200.0),
+            st.floats(280.0, 390.0),
+            st.floats(-5.0, 0.0),
+            st.floats(0.0, 5.0),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_limited_solve_is_a_consistent_operating_point(
+    sources: list[tuple[int, float, float, float, float]],
+) -> None:
+    grid = GridNetwork(_three_node_grid())
+    nodes = np.array([s[0] for s in sources], dtype=np.intp)
+    g, u, lo, hi = (np.array([s[k] for s in sources]) for k in (1, 2, 3, 4))
+    # Every source can give nothing (lo <= 0 <= hi), so an operating point exists.
+    result = grid.solve_limited(nodes[:1], nodes, g, u, lo, hi, np.zeros(3))
+    sol = result.grid
+    assert result.converged
+    x = g * (u - sol.node_v[nodes])
+    i = sol.source_i
+    assert np.all(i >= lo - 1e-9) and np.all(i <= hi + 1e-9)
+    linear = result.state == 0
+    assert np.allclose(i[linear], x[linear], atol=1e-6)
+    # At a bound the unclipped current lies beyond it (a source whose bounds coincide
+    # gives that current whatever the voltage).
+    movable = hi - lo > 1e-9
+    high, low = movable & (result.state == 1), movable & (result.state == -1)
+    assert np.all(x[high] >= hi[high] - 1e-6)
+    assert np.all(x[low] <= lo[low] + 1e-6)
+    # Kirchhoff: what the sources give is the line loss.
+    given_w = float(i @ sol.node_v[nodes])
+    assert given_w == pytest.approx(float(sol.line_loss_w.sum()), abs=1e-6)
 
 
 def test_droop_softens_a_fight_between_references() -> None:

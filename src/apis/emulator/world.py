@@ -48,7 +48,14 @@ from apis.emulator.converter import (
     droop_resistance,
     running_state,
 )
-from apis.emulator.grid import GridNetwork, GridSolution
+from apis.emulator.grid import (
+    AT_HIGH,
+    AT_LOW,
+    LIMIT_TOLERANCE_A,
+    LINEAR,
+    GridNetwork,
+    GridSolution,
+)
 from apis.emulator.house import BuiltinProfiles, HouseProfiles
 from apis.hardware.driver import (
     BATTERY_SHARING_DENIED,
@@ -69,6 +76,11 @@ IntArray = NDArray[np.int64]
 
 DEFAULT_START = datetime(2020, 1, 1)
 _TOLERANCE_A = 1e-6  # current-limit alarms ignore rounding
+_TOLERANCE_V = 1e-6  # a CC converter held at its under-voltage limit is still on the grid
+_AT_LIMIT_A = 1e-9  # a voltage reference this close to its current limit is limiting
+
+# What a unit is in the limited grid solve (a changed role restarts its state).
+_ROLE_NONE, _ROLE_REFERENCE, _ROLE_DISCHARGE, _ROLE_CHARGE = 0, 1, 2, 3
 
 
 def unit_ids_for(n: int) -> list[str]:
@@ -129,7 +141,7 @@ _UNIT_ARRAYS = (
     "mode", "dvg", "dig", "drg", "i_cc", "v_ref", "cv_active", "over_temperature",
     "temperature_c", "alarms",
     "pv_w", "pv_used_w", "load_w", "vg", "ig", "wg", "wb", "vb", "ib", "loss_w",
-    "battery_power_w", "bought_w",
+    "battery_power_w", "bought_w", "grid_role", "grid_state",
     "pv_wh", "curtailed_wh", "load_wh", "bought_wh", "spilled_wh", "loss_wh", "grid_in_wh",
     "grid_out_wh",
 )
@@ -188,6 +200,8 @@ class World:
     over_temperature: BoolArray
     mode: IntArray
     alarms: IntArray
+    grid_role: NDArray[np.int8]
+    grid_state: NDArray[np.int8]
 
     def __init__(
         self,
@@ -227,6 +241,8 @@ class World:
         self.retired_grid_out_wh = 0.0  # net energy removed units gave to the grid
         self.retired_line_loss_wh = 0.0
         self.last_solution: GridSolution | None = None
+        self.last_solve_iterations = 0  # solves the last step's limited grid solve took
+        self._grid_limited = False  # some source was at a limit in the last solve
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_origin = 0.0
         self._index = {u: i for i, u in enumerate(self.unit_ids)}
@@ -261,6 +277,8 @@ class World:
             setattr(self, name, np.zeros(n))
         self.mode = np.full(n, WAITING, dtype=np.int64)
         self.alarms = np.zeros(n, dtype=np.int64)
+        self.grid_role = np.zeros(n, dtype=np.int8)
+        self.grid_state = np.zeros(n, dtype=np.int8)
         for name in ("permitted",):
             setattr(self, name, np.ones(n, dtype=bool))
         for name in ("fault_deny", "fault_alarm", "cv_active", "over_temperature"):
@@ -407,8 +425,9 @@ class World:
         battery_blocked = cc & (
             ((self.mode == DISCHARGE) & empty) | ((self.mode == CHARGE) & full)
         )
-        grid_ok = unit_live & (self.vg >= model.under_voltage_v)
-        target = np.where(self.mode == DISCHARGE, self.dig, -self.dig)
+        grid_ok = unit_live & (self.vg >= model.under_voltage_v - _TOLERANCE_V)
+        set_point = np.minimum(self.dig, model.device_dig_max_a)
+        target = np.where(self.mode == DISCHARGE, set_point, -set_point)
         target = np.where(cc & grid_ok & ~battery_blocked, target, 0.0)
         self.i_cc = np.where(cc & unit_live, model.follow_current(self.i_cc, target, dt), 0.0)
 
@@ -417,15 +436,11 @@ class World:
         self.v_ref = np.where(starting, self.vg, self.v_ref)
         self.v_ref = np.where(cv, model.ramp_voltage(self.v_ref, self.dvg, dt), 0.0)
         self.cv_active = cv
-        r_source = model.output_resistance_ohm + droop_resistance(self.dvg, self.drg)
-        source_g = 1.0 / r_source[source_units]
 
-        injection = np.zeros(self.grid.n_nodes)
-        injection[self._unit_node] = self.i_cc
-        solution = self.grid.solve(source_nodes, source_g, self.v_ref[source_units], injection)
+        solution, limiting, under, over = self._solve_grid(source_units, cc & unit_live)
         self.last_solution = solution
         i_out = self.i_cc.copy()
-        i_out[source_units] = solution.source_i
+        i_out[source_units] = solution.source_i[: len(source_units)]
         vg = np.where(unit_live, solution.node_v[self._unit_node], 0.0)
         wg = -vg * i_out  # positive while the unit takes power from the grid
         loss = model.loss_w(wg, switching)
@@ -478,8 +493,117 @@ class World:
         self.over_temperature = (self.over_temperature | hot) & ~cool
 
         conflict = self._check_conflicts(source_units, solution, i_out, at)
-        self._update_alarms(cc, cv, battery_blocked, grid_ok, i_out, conflict)
+        self._update_alarms(
+            cc, cv, battery_blocked, grid_ok, i_out, conflict, limiting, under, over
+        )
         self.t += dt
+
+    def _solve_grid(
+        self, source_units: NDArray[np.intp], cc_on_grid: NDArray[np.bool_]
+    ) -> tuple[GridSolution, BoolArray, BoolArray, BoolArray]:
+        """The limited grid solve; updates the delivered CC currents.
+
+        Limiting law. A voltage reference is a droop source ``v_ref - r * i`` as long as its
+        output current stays within +-min(dig, hardware maximum); beyond that it is a
+        constant-current source at the limit and its terminal voltage is what the grid
+        gives. A CC converter delivers its current while the grid lets it: a charger takes
+        less (down to nothing) rather than pull its terminal below the under-voltage limit
+        `ugv`, a discharger gives less rather than push it above `ogv` (each then acts as a
+        stiff source at that limit, behind the converter's output resistance). So when the
+        references cannot supply the chargers the grid sags to `ugv` and the chargers share
+        what there is; when they cannot absorb the dischargers it rises to `ogv`.
+
+        Returns the grid solution (sources: the references, then the CC units moving current)
+        and per unit: the reference is limiting; the CC converter is held back at `ugv`
+        (under) or at `ogv` (over).
+        """
+        model = self.model
+        n = self.n_units
+        n_cv = len(source_units)
+        cv_limit = np.minimum(self.dig[source_units], model.device_dig_max_a)
+        r_source = model.output_resistance_ohm + droop_resistance(
+            self.dvg[source_units], self.drg[source_units]
+        )
+        g_cv = 1.0 / r_source
+        source_nodes = self._unit_node[source_units]
+        no_unit = np.zeros(n, dtype=bool)
+        if not self._grid_limited:
+            # Fast path (normal operation): references linear, CC at full current, as long
+            # as the solution shows nobody beyond a limit.
+            injection = np.zeros(self.grid.n_nodes)
+            injection[self._unit_node] = self.i_cc
+            plain = self.grid.solve(source_nodes, g_cv, self.v_ref[source_units], injection)
+            magnitude = np.abs(plain.source_i)
+            v = plain.node_v[self._unit_node]
+            g_cc = 1.0 / model.output_resistance_ohm
+            # Unclipped CC current at the voltage limit's stiff source (see the law above).
+            x = g_cc * (np.where(self.i_cc > 0.0, self.ogv, model.under_voltage_v) - v)
+            tol = LIMIT_TOLERANCE_A
+            cc_fine = ~cc_on_grid | (self.i_cc == 0.0) | np.where(
+                self.i_cc > 0.0, x >= self.i_cc - tol, x <= self.i_cc + tol
+            )
+            if np.all(magnitude <= cv_limit + tol) and np.all(cc_fine):
+                self.last_solve_iterations = 1
+                limiting = no_unit.copy()
+                limiting[source_units] = (magnitude >= cv_limit - _AT_LIMIT_A) & (
+                    magnitude > _AT_LIMIT_A
+                )
+                return plain, limiting, no_unit, no_unit
+        cc_units = np.flatnonzero(cc_on_grid & (self.i_cc != 0.0))
+        units = np.concatenate([source_units, cc_units])
+        i_cc = self.i_cc[cc_units]
+        giving = i_cc > 0.0
+        g = np.concatenate(
+            [g_cv, np.full(len(cc_units), 1.0 / model.output_resistance_ohm)]
+        )
+        u = np.concatenate(
+            [self.v_ref[source_units], np.where(giving, self.ogv[cc_units], model.under_voltage_v)]
+        )
+        lo = np.concatenate([-cv_limit, np.where(giving, 0.0, i_cc)])
+        hi = np.concatenate([cv_limit, np.where(giving, i_cc, 0.0)])
+        role = np.concatenate(
+            [
+                np.full(n_cv, _ROLE_REFERENCE, dtype=np.int8),
+                np.where(giving, _ROLE_DISCHARGE, _ROLE_CHARGE).astype(np.int8),
+            ]
+        )
+        # Normal operation: references linear, CC converters at their full current.
+        default = np.concatenate(
+            [
+                np.full(n_cv, LINEAR, dtype=np.int8),
+                np.where(giving, AT_HIGH, AT_LOW).astype(np.int8),
+            ]
+        )
+        if self._grid_limited:
+            warm = np.where(self.grid_role[units] == role, self.grid_state[units], default)
+        else:
+            warm = default
+        limited = self.grid.solve_limited(
+            source_nodes, self._unit_node[units], g, u, lo, hi,
+            np.zeros(self.grid.n_nodes), warm.astype(np.int8),
+        )
+        self._grid_limited = not np.array_equal(limited.state, default)
+        self.last_solve_iterations = limited.iterations
+        self.grid_role = np.zeros(n, dtype=np.int8)
+        self.grid_state = np.zeros(n, dtype=np.int8)
+        self.grid_role[units] = role
+        self.grid_state[units] = limited.state
+        current = limited.grid.source_i
+        self.i_cc[cc_units] = current[n_cv:]
+
+        state = limited.state
+        magnitude = np.abs(current[:n_cv])
+        at_limit = (state[:n_cv] != LINEAR) | (
+            (magnitude >= cv_limit - _AT_LIMIT_A) & (magnitude > _AT_LIMIT_A)
+        )
+        limiting = np.zeros(n, dtype=bool)
+        limiting[source_units] = at_limit
+        under = np.zeros(n, dtype=bool)
+        over = np.zeros(n, dtype=bool)
+        cc_state = state[n_cv:]
+        under[cc_units] = ~giving & (cc_state != AT_LOW)
+        over[cc_units] = giving & (cc_state != AT_HIGH)
+        return limited.grid, limiting, under, over
 
     def _check_conflicts(
         self, source_units: NDArray[np.intp], solution: GridSolution, i_out: FloatArray,
@@ -522,6 +646,9 @@ class World:
         grid_ok: NDArray[np.bool_],
         i_out: FloatArray,
         conflict: NDArray[np.bool_],
+        limiting: NDArray[np.bool_],
+        held_under: NDArray[np.bool_],
+        held_over: NDArray[np.bool_],
     ) -> None:
         alarms = np.zeros(self.n_units, dtype=np.int64)
 
@@ -530,10 +657,11 @@ class World:
 
         flag(self.over_temperature, Alarm.OVER_TEMPERATURE)
         flag(self.fault_alarm, Alarm.INJECTED)
-        flag(cc & ~grid_ok, Alarm.GRID_UNDER_VOLTAGE)
-        flag(self.vg > self.ogv, Alarm.GRID_OVER_VOLTAGE)
+        flag((cc & ~grid_ok) | held_under, Alarm.GRID_UNDER_VOLTAGE)
+        flag((self.vg > self.ogv) | held_over, Alarm.GRID_OVER_VOLTAGE)
         over_current = (
-            (cv & (np.abs(i_out) > self.dig + _TOLERANCE_A))
+            limiting
+            | (cv & (np.abs(i_out) > self.dig + _TOLERANCE_A))
             | (self.ig > self.ig_max + _TOLERANCE_A)
             | (self.ig < self.ig_min - _TOLERANCE_A)
             | (self.ib > self.ib_max + _TOLERANCE_A)

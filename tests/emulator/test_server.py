@@ -95,6 +95,23 @@ async def test_set_emu_acc_and_unit_count(client: httpx.AsyncClient, world: Worl
     assert (await client.get("/get/unit/E005")).status_code == 404
 
 
+async def test_dcdc_v2_routes_of_a_removed_or_unknown_unit_answer_404(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/add/unit")).status_code == 200
+    assert (await client.get("/units/E005/all/get")).status_code == 200
+    await client.get("/remove/unit")
+    for path in ("/units/E005/all/get", "/units/E005/battery/get", "/units/E099/dcdc/get"):
+        r = await client.get(path)
+        assert r.status_code == 404, path
+        assert "E0" in r.json()["err"]
+    r = await client.get("/units/E005/dcdc/set", params={"mode": "0x0000", "dvg": 350, "dig": 0})
+    assert r.status_code == 404
+    # Added again, the unit answers on the same routes.
+    assert (await client.get("/add/unit")).status_code == 200
+    assert (await client.get("/units/E005/battery/get")).status_code == 200
+
+
 async def test_dcdc_v2_routes_per_unit(client: httpx.AsyncClient, world: World) -> None:
     r = await client.get("/units/E001/version/get")
     assert r.status_code == 200 and r.json()["comm_interface_version"].startswith("2.")

@@ -9,7 +9,8 @@ Original routes (spec 2.2, same JSON shapes, so the original apis-main with
 
 Unlike the original: an unknown unit is 404 `{"err": ...}`, a bad request is 400
 `{"err": ...}` (never a frozen clock), commands are checked against the unit's limits, and
-`dvg` keeps its decimals. The acceleration is the loop's speed (`apis emulator --speed`), so
+`dvg` keeps its decimals. The dcdc_v2 routes of an unknown or removed unit are 404 too.
+The acceleration is the loop's speed (`apis emulator --speed`), so
 `/set/acc` only accepts the present value.
 """
 
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from apis.emulator.driver import EmulatedDriver
 from apis.emulator.world import World
@@ -237,12 +238,31 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
     app = FastAPI(title="APIS emulator", docs_url=None, redoc_url=None)
     app.state.emulator = service
 
+    mounted: set[str] = set()
+
     def mount_driver(unit_id: str) -> None:
+        if unit_id in mounted:  # removed, then added again: the routes are still there
+            return
         driver = service.drivers[unit_id]
         app.include_router(create_driver_router(driver, driver.limits), prefix=f"/units/{unit_id}")
+        mounted.add(unit_id)
 
     for unit in world.unit_ids:
         mount_driver(unit)
+
+    @app.middleware("http")
+    async def unknown_unit_routes(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # dcdc_v2 routes of a unit that is not (or no longer) emulated: 404 JSON.
+        parts = request.url.path.split("/")
+        if len(parts) > 2 and parts[1] == "units" and parts[2] not in service.drivers:
+            return JSONResponse(
+                {"err": f"unit = {parts[2]!r} (not emulated; units: "
+                 f"{', '.join(world.unit_ids)})"},
+                status_code=404,
+            )
+        return await call_next(request)
 
     @app.get("/get/unit/{unit_id}")
     async def get_unit(unit_id: str) -> JSONResponse:
@@ -373,7 +393,7 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
     async def remove_unit() -> JSONResponse:
         async def work() -> dict[str, Any]:
             unit = world.remove_unit()
-            # Its dcdc_v2 routes stay mounted but answer 400: the unit is gone.
+            # Its dcdc_v2 routes stay mounted; the middleware answers them 404.
             service.drivers.pop(unit, None)
             return service.log_json()
 

@@ -65,16 +65,24 @@ class FakeCluster:
         self.errors: list[dict[str, Any]] = []
         self.scrams = 0
         self.shutdowns: list[str] = []
+        self.tick = 0  # answers to data.all so far; with `moving`, values change with it
+        self.moving = False
         self.bus: MemoryBus = hub.connect("fake-cluster")
         self._subs: list[Subscription] = []
 
     def data(self) -> dict[str, Any]:
-        return {
+        out = {
             u: unit_data(u, rsoc=40.0 + 10 * i, global_mode=self.global_mode,
                          local=self.local[u], grid_master=(i == 0),
                          mode="0x0014" if i == 0 else "0x0000")
             for i, u in enumerate(self.unit_ids)
         }
+        if self.moving:
+            for i, data in enumerate(out.values()):
+                data["battery"]["rsoc"] = 20.0 + (7 * i + self.tick) % 70
+                data["dcdc"]["meter"]["vg"] = 349.0 + ((3 * i + self.tick) % 20) / 10
+                data["timestamp"] = 1767261600.0 + 5 * self.tick
+        return out
 
     async def start(self) -> FakeCluster:
         bus = self.bus
@@ -83,6 +91,7 @@ class FakeCluster:
         async def data_all(msg: Message) -> Any:
             if not self.grid_master_up:
                 raise RuntimeError("Grid Master down")
+            self.tick += 1
             return self.data()
 
         async def unit_ids(msg: Message) -> Any:

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from apis import clock
+from apis.bus.memory import MemoryHub
 from apis.config import load_cluster
 from apis.config.generate import default_cluster_dir, write_cluster
 from apis.demo import emulated_cluster
 from apis.emulator import World
 from apis.unit.cluster import InProcessCluster
 from apis.web.server import WebServer
+from tests.web.fakes import FakeCluster, deal
 
 T = TypeVar("T")
 
@@ -86,9 +88,69 @@ class ClusterThread:
         assert self.loop is not None
         return self.loop.time()
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 180.0) -> None:
         if self.loop is not None and self._stop is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise RuntimeError("cluster thread did not stop")
+
+
+class FakeClusterThread:
+    """The web app over a fake cluster of `units` units with moving values and `deals` live
+    deals, on a real-time loop in a background thread: the browser's side alone."""
+
+    def __init__(self, units: int = 50, deals: int = 10, refresh_real_s: float = 0.5) -> None:
+        self.ids = tuple(f"E{i:03d}" for i in range(1, units + 1))
+        self.deals = deals
+        self.refresh_real_s = refresh_real_s
+        self.url = ""
+        self.token = ""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="apis-fake", daemon=True)
+
+    def start(self, timeout: float = 60.0) -> FakeClusterThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("fake cluster thread did not start")
+        if self._error is not None:
+            raise RuntimeError("fake cluster thread failed") from self._error
+        return self
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as e:
+            self._error = e
+        finally:
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        hub = MemoryHub()
+        fake = await FakeCluster(hub, self.ids).start()
+        fake.moving = True
+        n = len(self.ids)
+        fake.deals = [
+            deal(f"deal-{k}", discharge=self.ids[(2 * k) % n], charge=self.ids[(2 * k + 7) % n],
+                 cumulateAmountWh=10.0 * k, startDateTime="2026/01/01-10:00:00",
+                 isMaster=(k == 0))
+            for k in range(self.deals)
+        ]
+        web = WebServer(hub.connect("web"), port=0, refresh_real_s=self.refresh_real_s)
+        async with web.running():
+            self.url, self.token = web.url, web.token
+            self._ready.set()
+            await self._stop.wait()
+        await fake.close()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.loop is not None and self._stop is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError("fake cluster thread did not stop")

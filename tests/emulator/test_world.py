@@ -211,3 +211,24 @@ def test_add_and_remove_units() -> None:
     world.advance(1)
     assert world.unit_ids == ["E001", "E002"] and world.ig[0] == pytest.approx(0.0, abs=1e-9)
     assert_conserved(world)
+
+
+def test_ups_bypass_and_ac_charging_keep_energy_balanced() -> None:
+    from apis.emulator.ups import BYPASS_MODE, NORMAL_MODE, UpsModel
+
+    world = World.with_units(
+        2, initial_rsoc=40.0, ups=UpsModel(), hw=HwConfig(battery_nominal_capacity_wh=500.0),
+        max_step_s=10.0,
+    )
+    world.set_house_override("E001", pv_w=0.0, load_w=800.0)
+    world.set_house_override("E002", pv_w=0.0, load_w=0.0)
+    world.set_converter("E002", ConverterMode.VOLTAGE_REFERENCE, 350.0, 2.3, 0.0)
+    world.set_converter("E001", ConverterMode.DISCHARGE, 350.0, 2.0, 0.0)
+    world.advance(600)  # E001 drains below 30 %: bypass; below 20 %: the mains charge it
+    assert world.ups_mode("E001") == BYPASS_MODE
+    assert world.ups_ac_charging[0]
+    world.advance(4 * 3600)
+    assert 0.0 <= world.rsoc[0] <= 35.0
+    assert world.counters("E001").bought_wh > 800.0  # the house load came from the mains
+    assert world.ups_mode("E002") == NORMAL_MODE
+    assert_conserved(world)

@@ -46,11 +46,13 @@ async def _serve(
     units: int, host: str, port: int, seed: int, grid: Path | None, hw_config: Path | None,
     solar: Path | None, load: Path | None, profile_csv: list[Path], start: datetime | None,
     step_s: float,
+    ups: bool = False,
 ) -> None:
     from apis.config.grid import GridConfig
     from apis.config.hwconfig import HwConfig
     from apis.emulator.house import HouseProfiles, SampledProfiles
     from apis.emulator.server import create_emulator_app
+    from apis.emulator.ups import UpsModel
     from apis.emulator.world import DEFAULT_START, World, unit_ids_for
 
     hw = HwConfig.model_validate(_read_json(hw_config)) if hw_config else HwConfig()
@@ -65,7 +67,7 @@ async def _serve(
         profiles = SampledProfiles.from_simple_csv(profile_csv, len(unit_ids))
     world = World(
         [(u, hw) for u in unit_ids], grid_config, profiles, seed=seed,
-        start=start or DEFAULT_START,
+        start=start or DEFAULT_START, ups=UpsModel() if ups else None,
     )
     server = _Server(
         uvicorn.Config(
@@ -121,6 +123,12 @@ def register(app: typer.Typer) -> None:
         step: Annotated[
             float, typer.Option(min=0.01, help="Stepping period, s of emulated time.")
         ] = 1.0,
+        ups: Annotated[
+            bool,
+            typer.Option(
+                "--ups", help="Model the house UPS (bypass <= 30 %, AC charging <= 20 % RSOC)."
+            ),
+        ] = False,
     ) -> None:
         from apis import clock
 
@@ -128,7 +136,7 @@ def register(app: typer.Typer) -> None:
         clock.run(
             _serve(
                 units, host, port, seed, grid, hw_config, solar, load, profile_csv or [],
-                start, step,
+                start, step, ups,
             ),
             kind,
             speed,

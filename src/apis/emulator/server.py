@@ -113,7 +113,9 @@ class EmulatorService:
             "ups_output_current": load / UPS_OUTPUT_VOLTAGE,
             "ups_output_power": load,
             "ups_output_frequency": 60,
-            "ups_operation_mode": {"parameter": 80, "mode": 2, "stop_mode": 2},
+            "ups_operation_mode": {
+                "parameter": 80, "mode": w.ups_mode(unit_id), "stop_mode": 2,
+            },
             "ups_operation_schedule": 1,
             "system_time": {
                 "year": now.year, "month": now.month, "day": now.day,

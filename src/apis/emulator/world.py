@@ -12,7 +12,9 @@ Energy accounting, per unit and step (all in Wh):
 `curtailed` is PV the full battery could not take; `spilled` is what a full battery still
 could not take once all PV was curtailed (grid charge arriving before the converter backs
 off; the original counted it as "wasted"); `bought` is what an empty battery could not give
-(drawn from the utility). For the grid: sum of (grid_out - grid_in) over units = line losses.
+(drawn from the utility), plus, with a UPS (`apis.emulator.ups`), the load it serves from the
+mains in bypass and its AC charging. For the grid: sum of (grid_out - grid_in) over units =
+line losses.
 
 Time: `step(dt)` is pure. `sync()` steps up to the running event loop's time (lazily, before
 every read or command), and `run()` is a task that calls it periodically; so the same world
@@ -57,6 +59,7 @@ from apis.emulator.grid import (
     GridSolution,
 )
 from apis.emulator.house import BuiltinProfiles, HouseProfiles
+from apis.emulator.ups import BYPASS_MODE, NORMAL_MODE, UpsModel
 from apis.hardware.driver import (
     BATTERY_SHARING_DENIED,
     BATTERY_SHARING_PERMITTED,
@@ -141,7 +144,7 @@ _UNIT_ARRAYS = (
     "mode", "dvg", "dig", "drg", "i_cc", "v_ref", "cv_active", "over_temperature",
     "temperature_c", "alarms",
     "pv_w", "pv_used_w", "load_w", "vg", "ig", "wg", "wb", "vb", "ib", "loss_w",
-    "battery_power_w", "bought_w", "grid_role", "grid_state",
+    "battery_power_w", "bought_w", "grid_role", "grid_state", "ups_bypass", "ups_ac_charging",
     "pv_wh", "curtailed_wh", "load_wh", "bought_wh", "spilled_wh", "loss_wh", "grid_in_wh",
     "grid_out_wh",
 )
@@ -200,6 +203,8 @@ class World:
     over_temperature: BoolArray
     mode: IntArray
     alarms: IntArray
+    ups_bypass: BoolArray
+    ups_ac_charging: BoolArray
     grid_role: NDArray[np.int8]
     grid_state: NDArray[np.int8]
 
@@ -214,6 +219,7 @@ class World:
         converter: ConverterModel | None = None,
         initial_rsoc: float | Sequence[float] | None = None,
         max_step_s: float = 1.0,
+        ups: UpsModel | None = None,
     ) -> None:
         if max_step_s <= 0:
             raise ValueError(f"max_step_s = {max_step_s} (must be > 0)")
@@ -225,6 +231,7 @@ class World:
         self.start = start
         self.model = converter if converter is not None else ConverterModel()
         self.max_step_s = max_step_s
+        self.ups = ups  # None: no UPS, the battery always serves the house
         self.grid_config = grid if grid is not None else GridConfig.single_bus(self.unit_ids)
         self.grid = GridNetwork(self.grid_config)
         self._unit_node = self.grid.unit_nodes(self.unit_ids)
@@ -281,7 +288,10 @@ class World:
         self.grid_state = np.zeros(n, dtype=np.int8)
         for name in ("permitted",):
             setattr(self, name, np.ones(n, dtype=bool))
-        for name in ("fault_deny", "fault_alarm", "cv_active", "over_temperature"):
+        for name in (
+            "fault_deny", "fault_alarm", "cv_active", "over_temperature", "ups_bypass",
+            "ups_ac_charging",
+        ):
             setattr(self, name, np.zeros(n, dtype=bool))
         for name in ("deny_below", "permit_above", "pv_override_w", "load_override_w"):
             setattr(self, name, np.full(n, np.nan))
@@ -410,6 +420,17 @@ class World:
             self.permitted, rsoc, self.deny_below, self.permit_above
         )
 
+        # UPS: in bypass the mains serve the house; AC charging adds mains power.
+        if self.ups is not None:
+            self.ups_bypass, self.ups_ac_charging = self.ups.next_state(
+                self.ups_bypass, self.ups_ac_charging, rsoc
+            )
+            mains = np.where(self.ups_bypass, load, 0.0) + np.where(
+                self.ups_ac_charging, self.ups.ac_charge_w, 0.0
+            )
+        else:
+            mains = np.zeros(self.n_units)
+
         tripped = self.fault_alarm | self.over_temperature
         switching = (self.mode != WAITING) & ~tripped
         cv = switching & (self.mode == VOLTAGE_REFERENCE)
@@ -452,11 +473,12 @@ class World:
         load_e = load * hours
         grid_e = wg * hours
         loss_e = loss * hours
-        unclamped = energy + pv_e - load_e + grid_e - loss_e
+        mains_e = mains * hours
+        unclamped = energy + pv_e - load_e + mains_e + grid_e - loss_e
         surplus = np.maximum(unclamped - self.capacity_wh, 0.0)
         curtailed = np.minimum(surplus, pv_e)
         spilled = surplus - curtailed
-        bought = np.maximum(-unclamped, 0.0)
+        bought = mains_e + np.maximum(-unclamped, 0.0)
         new_energy = np.clip(unclamped, 0.0, self.capacity_wh)
 
         self.pv_wh += pv_e
@@ -473,8 +495,10 @@ class World:
             self.pv_used_w = pv - curtailed / hours
             self.bought_w = bought / hours
         else:
-            self.battery_power_w = pv - load + wb
+            self.battery_power_w = pv - load + mains + wb
             self.pv_used_w = pv.copy()
+            if self.ups is not None:
+                self.bought_w = mains.copy()
         self.energy_wh = new_energy
 
         # Meters.
@@ -842,6 +866,10 @@ class World:
 
     def tripped(self, i: int) -> bool:
         return bool(self.fault_alarm[i] or self.over_temperature[i])
+
+    def ups_mode(self, unit_id: str) -> int:
+        """`ups_operation_mode.mode`: 2 battery (normal), 5 bypass."""
+        return BYPASS_MODE if self.ups_bypass[self.index(unit_id)] else NORMAL_MODE
 
     def alarm_flags(self, unit_id: str) -> Alarm:
         return Alarm(int(self.alarms[self.index(unit_id)]))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from apis.bus.base import Message, Subscription
-from apis.bus.memory import MemoryBus, MemoryHub
+from apis.bus.base import Bus, Message, Subscription
+from apis.bus.memory import MemoryHub
 
 
 def unit_data(unit_id: str, *, rsoc: float = 50.0, mode: str = "0x0000",
@@ -50,8 +50,9 @@ def deal(deal_id: str = "d1", discharge: str = "E001", charge: str = "E002",
 class FakeCluster:
     """Answers like a Grid Master, a Mediator and units would; records what it was sent."""
 
-    def __init__(self, hub: MemoryHub, unit_ids: tuple[str, ...] = ("E001", "E002", "E003"),
-                 *, mode_handlers: bool = True) -> None:
+    def __init__(self, hub: MemoryHub | None,
+                 unit_ids: tuple[str, ...] = ("E001", "E002", "E003"),
+                 *, mode_handlers: bool = True, bus: Bus | None = None) -> None:
         self.hub = hub
         self.unit_ids = unit_ids
         self.mode_handlers = mode_handlers
@@ -67,7 +68,10 @@ class FakeCluster:
         self.shutdowns: list[str] = []
         self.tick = 0  # answers to data.all so far; with `moving`, values change with it
         self.moving = False
-        self.bus: MemoryBus = hub.connect("fake-cluster")
+        if bus is None:
+            assert hub is not None
+            bus = hub.connect("fake-cluster")
+        self.bus: Bus = bus
         self._subs: list[Subscription] = []
 
     def data(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ def _register() -> None:
     config_cli.register(app)
     hardware_cli.register(app)
     emulator_cli.register(app)
+    __import__("apis.sim.cli", fromlist=["register"]).register(app)
     demo_cli.register(app)
     web_cli.register(app)
 

@@ -1,0 +1,135 @@
+"""Commands of this part (registered by apis.cli): `apis sim`."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+SIM_HELP = """Fast-forward a whole community: the real unit software on the in-memory bus and the
+emulated batteries, houses, converters and DC grid, on a virtual clock (as fast as the CPU
+allows).
+
+Writes into --out: summary.json, units.csv (per unit per minute), deals.csv, PNG plots,
+report.html (self-contained) and run-info.json (wall-clock figures). With sharing on, the same
+community also runs with sharing off (same seed) for the comparison.
+
+Sweeps: --sweep param=v1,v2,... runs every case (outputs in out/cases/) and writes
+sweep.csv, sweep.md and sweep.png. Parameters: units, seed, days, battery (Wh per unit),
+battery.scale (factor), hwConfig.<key path>, or a policy.json key path such as
+mediator.deal.gridCurrentA.
+"""
+
+
+class _ProgressBar:
+    """A rich progress bar: simulated date and speed (simulated seconds per wall second)."""
+
+    def __init__(self, start: datetime, enabled: bool) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.start = start
+        self.progress = Progress(
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[date]}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            disable=not enabled,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.began: dict[str, float] = {}
+
+    def __enter__(self) -> _ProgressBar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def __call__(self, phase: str, done: float, total: float) -> None:
+        from datetime import timedelta
+
+        now = time.perf_counter()
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=total, date="", speed="")
+            self.began[phase] = now
+        # Refresh at most once per simulated 10 minutes: the bar must not slow the run.
+        if done < total and int(done) % 600:
+            return
+        wall = now - self.began[phase]
+        speed = f"{done / wall:,.0f}x" if wall > 0 else ""
+        date = (self.start + timedelta(seconds=done)).strftime("%Y-%m-%d %H:%M")
+        self.progress.update(self.tasks[phase], completed=done, date=date, speed=speed)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this part's commands to the `apis` app."""
+
+    @app.command("sim", help=SIM_HELP)
+    def sim(
+        config: Annotated[
+            Path | None, typer.Option("--config", help="Cluster directory (default: built-in).")
+        ] = None,
+        units: Annotated[
+            int | None, typer.Option("--units", "-n", min=1, help="Generate N units instead.")
+        ] = None,
+        days: Annotated[float, typer.Option(min=0.001, help="Simulated days.")] = 1.0,
+        seed: Annotated[int, typer.Option(help="Seed (houses, start RSOC, units).")] = 0,
+        out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("sim-out"),
+        no_sharing: Annotated[
+            bool, typer.Option("--no-sharing", help="Only the baseline: every converter idle.")
+        ] = False,
+        sweep: Annotated[
+            str | None, typer.Option("--sweep", help="param=v1,v2,... (see above).")
+        ] = None,
+        start: Annotated[
+            datetime | None, typer.Option(help="Calendar start (default 2020-01-01).")
+        ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ) -> None:
+        from apis.config.errors import ConfigError
+        from apis.sim.community import DEFAULT_START, SimError, SimSettings, parse_sweep
+        from apis.sim.simulate import simulate
+        from apis.sim.sweep import run_sweep
+
+        try:
+            settings = SimSettings(
+                config_dir=config, units=units, days=days, seed=seed,
+                start=start or DEFAULT_START, sharing=not no_sharing,
+            )
+            parsed = parse_sweep(sweep) if sweep else None
+            with _ProgressBar(settings.start, enabled=not quiet) as bar:
+                if parsed is not None:
+                    _cases, files = run_sweep(settings, parsed[0], parsed[1], out, bar)
+                else:
+                    outcome = simulate(settings, out, bar)
+        except (SimError, ConfigError) as error:
+            typer.echo(f"apis sim: {error}", err=True)
+            raise typer.Exit(2) from None
+        if parsed is not None:
+            typer.echo((out / "sweep.md").read_text(encoding="utf-8"))
+            for path in files:
+                typer.echo(f"wrote {path}")
+            return
+        _print_outcome(outcome.summary, outcome.run_info, out)
+
+
+def _print_outcome(summary: dict[str, Any], info: dict[str, Any], out: Path) -> None:
+    from apis.sim.report import key_figures
+
+    for label, value in key_figures(summary):
+        typer.echo(f"  {label:<46} {value}")
+    speed = info.get("speed")
+    typer.echo(
+        f"  {'Wall time':<46} {info['wall_s']:.1f} s"
+        + (f" ({speed:,.0f} simulated s per wall s)" if speed else "")
+    )
+    records = info.get("unit_log_records") or {}
+    if records.get("ERROR") or records.get("CRITICAL"):
+        typer.echo(f"  unit log: {records} (see {out / 'sim.log'})")
+    typer.echo(f"wrote {out / 'report.html'}")

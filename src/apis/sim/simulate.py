@@ -1,0 +1,81 @@
+"""A whole simulation as `apis sim` does it: the run, its baseline, the outputs.
+
+With sharing on, the same community is also run with sharing off (same seed, same weather,
+every converter idle) so the report can say what sharing bought; with `--no-sharing` only
+that baseline runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apis import __version__
+from apis.sim.community import SimSettings, load_community
+from apis.sim.report import write_outputs
+from apis.sim.run import Progress, RunResult, run
+from apis.sim.summary import summarize
+
+# Told (phase, simulated seconds done, simulated seconds of the phase).
+PhaseProgress = Callable[[str, float, float], None]
+
+
+@dataclass
+class SimOutcome:
+    summary: dict[str, Any]
+    run_info: dict[str, Any]
+    result: RunResult
+    baseline: RunResult | None
+    files: list[Path]
+
+
+def peak_memory_mb() -> float:
+    """The process's peak resident memory so far (MB)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
+
+
+def _phase(progress: PhaseProgress | None, name: str, total: float) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda done: progress(name, done, total)
+
+
+def simulate(
+    settings: SimSettings, out: Path | None = None, progress: PhaseProgress | None = None
+) -> SimOutcome:
+    """Run (with the baseline when sharing is on) and write the outputs into `out`."""
+    cluster = load_community(settings)
+    total = settings.duration_s
+    if settings.sharing:
+        result = run(settings, cluster, _phase(progress, "sharing", total))
+        baseline: RunResult | None = run(
+            dataclasses.replace(settings, sharing=False),
+            cluster,
+            _phase(progress, "baseline", total),
+        )
+    else:
+        result = run(settings, cluster, _phase(progress, "no sharing", total))
+        baseline = None
+    summary = summarize(result, baseline)
+    run_info = {
+        "apis_version": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "units": len(result.unit_ids),
+        "simulated_s": result.simulated_s,
+        "wall_s": result.wall_s,
+        "speed": result.simulated_s / result.wall_s if result.wall_s > 0 else None,
+        "baseline_wall_s": baseline.wall_s if baseline is not None else None,
+        "world_syncs": result.world_steps,
+        "peak_memory_mb": peak_memory_mb(),
+        "unit_log_records": result.log_counts,
+    }
+    files = write_outputs(out, result, summary, run_info) if out is not None else []
+    return SimOutcome(summary, run_info, result, baseline, files)

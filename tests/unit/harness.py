@@ -210,7 +210,9 @@ class Rig:
             async with self.cluster.running():
                 return await scenario(self)
 
-        return clock.run(main, "virtual")
+        result = clock.run(main, "virtual")
+        self.assert_one_voltage_reference()  # in every test
+        return result
 
     # ---- observation helpers -------------------------------------------------------------
 

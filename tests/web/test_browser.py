@@ -90,6 +90,11 @@ def choose_global_mode(page: Any, label: str) -> None:
     page.click("#confirm-ok")
 
 
+async def _changes(cluster: ClusterThread) -> list[dict[str, Any]]:
+    assert cluster.web is not None
+    return [c.to_json() for c in cluster.web.ops.store.mode_changes(limit=10, scope="global")]
+
+
 def test_every_unit_shown_and_a_deal_flows(page: Any, cluster: ClusterThread) -> None:
     page.wait_for_function(
         "document.querySelectorAll('#units .unit').length === 4", timeout=60_000)
@@ -133,10 +138,21 @@ def test_mode_controls_confirm_and_set_the_global_mode(page: Any,
     wait_until(lambda: all(  # every unit reports effective "stop"
         e == "stop" for e in page.eval_on_selector_all(
             "#units .unit", "els => els.map(b => b.dataset.effective)")), 120, "effective stop")
+    # A unit's details: manual control is disabled outside Manual, enabled in Manual.
+    page.click("#units .unit[data-unit='E002']")
+    page.wait_for_selector("#detail:not([hidden])", timeout=10_000)
+    assert page.is_disabled("#manual button[type=submit]")
+    assert "must be Manual" in page.inner_text("#manual-note")
+    choose_global_mode(page, "Manual")
+    page.wait_for_selector("#global-mode[data-mode='manual']", timeout=60_000)
+    page.wait_for_selector("#manual button[type=submit]:enabled", timeout=120_000)
     choose_global_mode(page, "Run")
     page.wait_for_selector("#global-mode[data-mode='autonomous']",
                            timeout=60_000)
     assert cluster.call(cluster.web.ops.read_global_mode()) == "autonomous"
+    page.wait_for_selector("#manual button[type=submit]:disabled", timeout=120_000)
+    history = cluster.call(_changes(cluster))
+    assert [c["to"] for c in history][:3] == ["autonomous", "manual", "stop"]
 
 
 @pytest.mark.xfail(

@@ -247,6 +247,7 @@ class Operations:
         self._refresh_lock = asyncio.Lock()
         self._local_seen: dict[str, str | None] = {}
         self._last_view: str | None = None
+        self._changes: dict[str, ModeChange | None] = {}  # last change per scope (cache)
         self.started = False
 
     # ---- life ----------------------------------------------------------------------------
@@ -292,6 +293,17 @@ class Operations:
     def wake(self) -> None:
         """Refresh now (after an action), not at the next period."""
         self._wake.set()
+
+    # ---- mode-change records ----------------------------------------------------------
+
+    def _record_change(self, change: ModeChange) -> None:
+        self.store.add_mode_change(change)
+        self._changes[change.scope] = change
+
+    def _last_change(self, scope: str) -> ModeChange | None:
+        if scope not in self._changes:  # once per scope: the store may hold older records
+            self._changes[scope] = self.store.last_mode_change(scope)
+        return self._changes[scope]
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -368,9 +380,9 @@ class Operations:
             if len(reported) == 1:
                 mode = str(reported.pop())
         if mode != self.global_mode and self.global_mode is not None and mode is not None:
-            last = self.store.last_mode_change("global")
+            last = self._last_change("global")
             if last is None or last.new_mode != mode:
-                self.store.add_mode_change(
+                self._record_change(
                     ModeChange(time.time(), "global", self.global_mode, mode, "cluster")
                 )
         self.global_mode = mode
@@ -385,9 +397,9 @@ class Operations:
         for unit_id, data in self.snapshot.units.items():
             local = ((data.get("apis") or {}).get("operation_mode") or {}).get("local")
             if unit_id in self._local_seen and self._local_seen[unit_id] != local:
-                last = self.store.last_mode_change(unit_id)
+                last = self._last_change(unit_id)
                 if last is None or last.new_mode != local:
-                    self.store.add_mode_change(
+                    self._record_change(
                         ModeChange(time.time(), unit_id, self._local_seen[unit_id], local,
                                    "cluster")
                     )
@@ -467,12 +479,12 @@ class Operations:
         }
 
     def modes(self) -> dict[str, Any]:
-        last = self.store.last_mode_change("global")
+        last = self._last_change("global")
         units = {}
         for unit_id in self.unit_ids:
             data = self.snapshot.units.get(unit_id) or {}
             modes = (data.get("apis") or {}).get("operation_mode") or {}
-            change = self.store.last_mode_change(unit_id)
+            change = self._last_change(unit_id)
             units[unit_id] = {
                 "local": modes.get("local"),
                 "effective": modes.get("effective"),
@@ -500,6 +512,10 @@ class Operations:
         voltages = (
             {n["id"]: n["voltageV"] for n in grid["nodes"]} if grid["available"] else None
         )
+        lines = (
+            [{k: ln[k] for k in ("id", "currentA", "lossWh")} for ln in grid["lines"]]
+            if grid["available"] else None
+        )
         return {
             "seq": self.seq,
             "now": now,
@@ -514,7 +530,13 @@ class Operations:
             "units": units,
             "missingUnits": missing,
             "deals": [deal_view(d) for d in self.deals],
-            "grid": {"available": grid["available"], "nodeVoltages": voltages},
+            "grid": {
+                "available": grid["available"],
+                "nodeVoltages": voltages,
+                "lines": lines,
+                "totalLineLossWh": grid.get("totalLineLossWh"),
+                "voltageConflicts": len(grid.get("voltageConflicts") or []),
+            },
             "modes": self.modes(),
             "errors": self.store.errors(limit=20),
             "history": {"count": self.store.deal_count(), "energyWh": self.store.energy_wh()},
@@ -583,7 +605,7 @@ class Operations:
             via = f"{STATE_BUCKET}/{OPERATION_MODE_KEY}"
         except BusError as e:
             raise ClusterUnavailable(f"{GLOBAL_OPERATION_MODE}: {e}") from None
-        self.store.add_mode_change(ModeChange(time.time(), "global", old, mode, by))
+        self._record_change(ModeChange(time.time(), "global", old, mode, by))
         self.global_mode = mode
         self.wake()
         return {"succeeded": True, "global": mode, "previous": old, "via": via}
@@ -603,7 +625,7 @@ class Operations:
             ) from None
         except BusError as e:
             raise ClusterUnavailable(f"{subject}: {e}") from None
-        self.store.add_mode_change(ModeChange(time.time(), unit_id, old, mode, by))
+        self._record_change(ModeChange(time.time(), unit_id, old, mode, by))
         self._local_seen[unit_id] = mode
         self.wake()
         return {"succeeded": True, "unitId": unit_id, "local": mode, "previous": old}
@@ -706,7 +728,7 @@ class Operations:
             with contextlib.suppress(BusError):  # keep a record where possible
                 if self._state is not None:
                     await self._state.put(OPERATION_MODE_KEY, "stop")
-                    self.store.add_mode_change(
+                    self._record_change(
                         ModeChange(time.time(), "global", self.global_mode, "stop", by)
                     )
         units: dict[str, Any] = {}

@@ -286,14 +286,19 @@ function renderErrors(view) {
 function renderGrid(view) {
   const note = $("#grid-note");
   const body = $("#grid tbody");
-  if (!view.grid.available) {
+  const grid = view.grid;
+  if (!grid.available) {
     setText(note, "not available (no emulator in this process)");
     body.innerHTML = "";
     return;
   }
-  setText(note, "");
-  const rows = Object.entries(view.grid.nodeVoltages || {}).map(([id, v]) =>
-    `<tr><td>${esc(id)}</td><td class="num">${fmt(v, 1)}</td></tr>`).join("");
+  setText(note, `line loss ${fmt(grid.totalLineLossWh, 1, " Wh")}` +
+    (grid.voltageConflicts ? `, ${grid.voltageConflicts} voltage conflicts!` : ""));
+  const nodes = Object.entries(grid.nodeVoltages || {}).map(([id, v]) =>
+    `<tr><td>${esc(id)}</td><td class="num">${fmt(v, 1, " V")}</td></tr>`);
+  const lines = (grid.lines || []).map((l) =>
+    `<tr><td>${esc(l.id)}</td><td class="num">${fmt(l.currentA, 2, " A")}</td></tr>`);
+  const rows = nodes.join("") + lines.join("");
   if (body.innerHTML !== rows) body.innerHTML = rows;
 }
 

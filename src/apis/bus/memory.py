@@ -110,6 +110,19 @@ def check_bucket(bucket: str) -> None:
         raise ValueError(f"bucket {bucket!r} (must be letters, digits, - and _)")
 
 
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait until all have ended.
+
+    Cancels again while any is left: on Python 3.11 ``asyncio.wait_for`` (used inside
+    nats-py) can swallow a cancellation that races with its result.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=1.0)
+
+
 def _subject_matches(pattern: tuple[str, ...], subject: list[str]) -> bool:
     for i, token in enumerate(pattern):
         if token == ">":
@@ -556,10 +569,7 @@ class MemoryBus:
             if pending.bus is self and not pending.future.done():
                 pending.future.set_exception(BusError(f"bus {self.name} closed ({inbox})"))
         current = asyncio.current_task()
-        tasks = [task for task in self._tasks if task is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(task for task in self._tasks if task is not current)
         if self in self.hub.endpoints:
             self.hub.endpoints.remove(self)
 

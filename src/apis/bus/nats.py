@@ -58,7 +58,7 @@ from apis.bus.base import (
     RequestTimeout,
     RevisionMismatch,
 )
-from apis.bus.memory import check_bucket, check_key
+from apis.bus.memory import cancel_and_wait, check_bucket, check_key
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +167,17 @@ class NatsBus:
         connect_timeout: float = 5.0,
         reconnect_wait: float = 1.0,
         ping_interval: float = 10.0,
-        kv_timeout: float = 5.0,
-        kv_attempts: int = 5,
+        kv_timeout: float = 3.0,
+        kv_attempts: int = 6,
         connect_attempts: int = 3,
     ) -> NatsBus:
         """Connect to a NATS server or cluster; reconnects forever once connected.
 
         `replicas`: copies of each new key-value bucket; default min(3, servers in the
         cluster as the server reports them). `kv_timeout` bounds one key-value operation,
-        `kv_attempts` how often it is tried during a failover. `creds` is a ``.creds`` file.
+        `kv_attempts` how often it is tried during a failover (a request in flight when a
+        server dies is lost, so `kv_timeout` is most of the failover time; retries are safe,
+        so a short timeout costs little). `creds` is a ``.creds`` file.
         The first connection gives up (`BusError`) after `connect_attempts` rounds.
         """
         urls = [servers] if isinstance(servers, str) else list(servers)
@@ -383,10 +385,7 @@ class NatsBus:
             await _stop(watcher)
         self._watchers.clear()
         current = asyncio.current_task()
-        tasks = [task for task in self._tasks if task is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(task for task in self._tasks if task is not current)
         try:
             await self._nc.close()
         except nats.errors.Error as exc:

@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from apis.bus.base import BusError
 from apis.web.server import DEFAULT_HOST, DEFAULT_PORT
 
 
@@ -56,6 +57,6 @@ def register(app: typer.Typer) -> None:
                                history))
         except KeyboardInterrupt:
             typer.echo("stopped")
-        except OSError as e:
+        except (OSError, BusError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None

@@ -89,7 +89,12 @@ class KeyValue(Protocol):
 
     async def keys(self, prefix: str = "") -> list[str]: ...
 
-    def watch(self, prefix: str = "") -> AsyncIterator[Change]: ...
+    def watch(self, prefix: str = "") -> AsyncIterator[Change]:
+        """The entries under `prefix` now (oldest revision first), then every change.
+
+        Deletes and TTL expiry arrive as a Change with entry None. Ends when the bus closes.
+        """
+        ...
 
 
 class Bus(Protocol):

@@ -286,7 +286,9 @@ def test_limited_solve_is_a_consistent_operating_point(
     assert given_w == pytest.approx(float(sol.line_loss_w.sum()), abs=1e-6)
 
 
-def test_droop_softens_a_fight_between_references() -> None:
+def test_droop_references_at_different_set_points_circulate_a_bounded_current() -> None:
+    """Both with droop: no fight, a droop-parallel episode whose circulating current is the
+    set-point difference over the two droop resistances (plus output and line)."""
     world = _world(2)
     world.set_converter("E001", CV, 350.0, 2.3, 1.0)
     world.advance(20)
@@ -295,11 +297,113 @@ def test_droop_softens_a_fight_between_references() -> None:
     r = ConverterModel().output_resistance_ohm + 0.05
     expected = (354.0 - 350.0) / (2 * r + 3.5 + 3.54)
     assert world.ig[0] == pytest.approx(expected, rel=1e-9)
-    assert world.voltage_conflict_active
+    assert not world.voltage_conflict_active and world.voltage_conflicts == []
+    assert world.droop_parallel_active
+    [episode] = world.droop_parallels
+    assert episode.unit_ids == ("E001", "E002") and episode.end_s is None
+    assert episode.circulating_current_a == pytest.approx(expected, rel=1e-9)
+    for unit in ("E001", "E002"):
+        assert Alarm.VOLTAGE_CONFLICT not in world.alarm_flags(unit)
     world.set_converter("E001", ConverterMode.WAITING, 350.0, 0.0, 0.0)
     world.advance(1)
-    assert not world.voltage_conflict_active
-    assert Alarm.VOLTAGE_CONFLICT not in world.alarm_flags("E002")
+    assert not world.droop_parallel_active
+    assert world.droop_parallels[0].duration_s == pytest.approx(5.0)
+    assert world.voltage_conflicts == []
+
+
+def _hand_over(world: World, overlap_s: float, droop: float) -> None:
+    """Spec 6.5 on E001 -> E003 while E002 charges at 2 A: both in CV with droop at the same
+    dvg for `overlap_s`, then the old reference leaves and the new one drops its droop."""
+    world.set_converter("E001", CV, 350.0, 8.0, 0.0)
+    world.advance(15)  # dead-grid soft start: 0 V to 350 V at 30 V/s
+    world.set_converter("E002", ConverterMode.CHARGE, 350.0, 2.0, 0.0)
+    world.advance(5)
+    world.set_voltage("E001", 350.0, droop)  # 1. will hand over
+    world.advance(0.1)
+    world.set_converter("E003", CV, 350.0, 8.0, droop)  # 2. will take over
+    world.advance(overlap_s)
+    world.set_converter("E001", ConverterMode.WAITING, 350.0, 0.0, 0.0)  # 3. did hand over
+    world.advance(0.1)
+    world.set_voltage("E003", 350.0, 0.0)  # 4. did take over
+    world.advance(5)
+
+
+def test_droop_hand_over_is_a_droop_parallel_episode_not_a_conflict() -> None:
+    droop = HwConfig().droop_ratio  # 0.039 % per A, the sample hwConfig
+    world = _world(3)
+    _hand_over(world, 0.3, droop)
+    assert world.voltage_conflicts == []
+    [episode] = world.droop_parallels
+    assert episode.unit_ids == ("E001", "E003")
+    assert episode.time_s == pytest.approx(20.1)
+    assert episode.duration_s == pytest.approx(0.3)
+    # Equal dvg, equal lines: they share the charger's 2 A; nothing circulates.
+    assert episode.circulating_current_a < 0.01
+    assert world.ig[2] == pytest.approx(-2.0, abs=1e-6)  # E003 now carries the charger
+    assert world.vg[2] == pytest.approx(350.0 - 2.0 * ConverterModel().output_resistance_ohm)
+    for unit in world.unit_ids:
+        assert Alarm.VOLTAGE_CONFLICT not in world.alarm_flags(unit)
+    _assert_conserved(world)
+
+
+def test_shared_load_during_a_droop_overlap() -> None:
+    """Mid hand-over the two droop references split the load half and half."""
+    world = _world(3)
+    droop = HwConfig().droop_ratio
+    world.set_converter("E001", CV, 350.0, 8.0, droop)
+    world.advance(15)
+    world.set_converter("E002", ConverterMode.CHARGE, 350.0, 2.0, 0.0)
+    world.set_converter("E003", CV, 350.0, 8.0, droop)
+    world.advance(1)
+    assert world.ig[0] == pytest.approx(-1.0, abs=1e-6)
+    assert world.ig[2] == pytest.approx(-1.0, abs=1e-6)
+    assert world.droop_parallel_active and world.droop_parallels[0].circulating_current_a < 0.01
+
+
+@pytest.mark.parametrize(
+    ("drg_first", "drg_second"),
+    [(0.0, 0.039), (0.039, 0.0), (0.0, 0.0)],
+    ids=["stiff+droop", "droop+stiff", "stiff+stiff"],
+)
+def test_a_stiff_reference_in_parallel_is_a_conflict(drg_first: float, drg_second: float) -> None:
+    world = _world(2)
+    world.set_converter("E001", CV, 350.0, 2.3, drg_first)
+    world.advance(15)
+    world.set_converter("E002", CV, 350.0, 2.3, drg_second)
+    world.advance(1)
+    assert world.voltage_conflict_active
+    assert [c.unit_ids for c in world.voltage_conflicts] == [("E001", "E002")]
+    assert world.droop_parallels == []
+    for unit in ("E001", "E002"):
+        assert Alarm.VOLTAGE_CONFLICT in world.alarm_flags(unit)
+    world.set_converter("E002", ConverterMode.WAITING, 350.0, 0.0, 0.0)
+    world.advance(1)
+    assert world.voltage_conflicts[0].duration_s == pytest.approx(1.0)
+
+
+def test_one_stiff_reference_makes_a_droop_group_a_conflict() -> None:
+    """Steps 3 and 4 of a hand-over in the wrong order: the new reference drops its droop
+    while the old one is still in CV. The droop-parallel episode ends, a conflict begins."""
+    droop = HwConfig().droop_ratio
+    world = _world(3)
+    world.set_converter("E001", CV, 350.0, 2.3, droop)
+    world.advance(15)
+    world.set_converter("E002", CV, 350.0, 2.3, droop)
+    world.set_converter("E003", CV, 350.0, 2.3, droop)
+    world.advance(0.5)
+    assert world.droop_parallel_active and not world.voltage_conflict_active
+    world.set_voltage("E003", 350.0, 0.0)
+    world.advance(0.5)
+    assert world.voltage_conflict_active and not world.droop_parallel_active
+    # A group that changes members is a new episode: E002 joined first, E003 a moment later.
+    first, episode = world.droop_parallels
+    assert first.unit_ids == ("E001", "E002") and first.duration_s == 0.0
+    assert episode.unit_ids == ("E001", "E002", "E003")
+    assert episode.duration_s == pytest.approx(0.5)
+    [conflict] = world.voltage_conflicts
+    assert conflict.unit_ids == ("E001", "E002", "E003") and conflict.end_s is None
+    for unit in world.unit_ids:
+        assert Alarm.VOLTAGE_CONFLICT in world.alarm_flags(unit)
 
 
 def test_references_on_separate_islands_do_not_conflict() -> None:
@@ -349,3 +453,80 @@ def test_cv_start_ramps_the_grid_from_zero() -> None:
     assert seen[0] == pytest.approx(30.0, abs=0.01)
     assert all(b >= a for a, b in itertools.pairwise(seen))
     assert seen[-1] == pytest.approx(350.0, abs=0.01)
+
+
+def test_set_point_changes_on_a_live_grid_move_at_the_fast_slew() -> None:
+    """Authorisation (spec 6.3) steps a running reference by 10-40 V and checks the grid
+    3 times, 100 ms apart: the change must settle well inside that."""
+    model = ConverterModel()
+    world = _world(2)
+    world.set_converter("E001", CV, 350.0, 2.3, 0.0)
+    world.advance(15)
+    assert world.vg[1] == pytest.approx(350.0)
+    world.set_voltage("E001", 330.0, 0.0)
+    world.advance(0.02)
+    assert world.vg[1] == pytest.approx(350.0 - model.voltage_slew_v_per_s * 0.02)
+    world.advance(0.08)
+    assert world.vg[1] == pytest.approx(330.0)
+    world.set_voltage("E001", 370.0, 0.0)
+    world.advance(0.1)
+    assert world.vg[1] == pytest.approx(370.0)
+
+
+def test_soft_start_again_after_the_grid_went_dead() -> None:
+    world = _world(2)
+    world.set_converter("E001", CV, 350.0, 2.3, 0.0)
+    world.advance(15)
+    world.set_converter("E001", ConverterMode.WAITING, 350.0, 0.0, 0.0)
+    world.advance(1)
+    assert world.vg[1] == 0.0
+    world.set_converter("E001", CV, 350.0, 2.3, 0.0)
+    world.advance(1)
+    assert world.vg[1] == pytest.approx(ConverterModel().voltage_ramp_v_per_s)
+
+
+def test_a_reference_starting_on_a_live_grid_does_not_soft_start() -> None:
+    """A hand-over's new reference ("actual": its own measured vg as dvg, or "theoretical":
+    the old reference's dvg) joins a live grid and follows its set-point at once."""
+    world = _world(3)
+    world.set_converter("E001", CV, 350.0, 8.0, 0.039)
+    world.advance(15)
+    world.set_converter("E002", CV, 354.0, 8.0, 0.039)
+    world.advance(0.004)
+    assert world.v_ref[1] == pytest.approx(350.0 + 2.0)  # 500 V/s x 4 ms
+    world.set_converter("E001", ConverterMode.WAITING, 350.0, 0.0, 0.0)
+    world.advance(0.1)
+    assert world.vg[1] == pytest.approx(354.0)
+
+
+def test_soft_start_follows_a_lowered_set_point_slowly_until_it_arrives() -> None:
+    world = _world(2)
+    world.set_converter("E001", CV, 350.0, 2.3, 0.0)
+    world.advance(5)
+    assert world.vg[1] == pytest.approx(150.0)
+    world.set_voltage("E001", 330.0, 0.0)  # still on the way up: still the soft-start ramp
+    world.advance(1)
+    assert world.vg[1] == pytest.approx(180.0)
+    world.advance(10)
+    assert world.vg[1] == pytest.approx(330.0)
+    world.set_voltage("E001", 360.0, 0.0)  # arrived: now the fast slew
+    world.advance(0.1)
+    assert world.vg[1] == pytest.approx(360.0)
+
+
+def test_cc_current_settles_inside_the_checkpoint_window() -> None:
+    """A CC start of 1 A (below the policy's current step) is checked 3 times, 100 ms
+    apart: lag (0.05 s) and slew (10 A/s) together are within 3 % of it by the second read
+    and within 0.5 % by the third."""
+    model = ConverterModel()
+    assert model.response_time_s <= 0.07
+    world = _world(2, max_step_s=0.01)
+    world.set_converter("E001", CV, 350.0, 2.3, 0.0)
+    world.advance(15)
+    world.set_converter("E002", ConverterMode.CHARGE, 350.0, 1.0, 0.0)
+    seen = []
+    for _ in range(3):
+        world.advance(0.1)
+        seen.append(float(world.ig[1]))
+    assert seen[1] == pytest.approx(1.0, rel=0.03)
+    assert seen[2] == pytest.approx(1.0, rel=0.005)

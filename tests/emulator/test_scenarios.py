@@ -8,7 +8,7 @@ behaviour and its docstring says so.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -58,7 +58,7 @@ async def _log(client: httpx.AsyncClient) -> dict[str, Any]:
     return body
 
 
-def _run_scaled(speed: float, main: Callable[[], Awaitable[None]]) -> None:
+def _run_scaled(speed: float, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     clock.run(main(), "scaled", speed)
 
 

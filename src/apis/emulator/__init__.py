@@ -6,11 +6,18 @@ of the grid per step); `EmulatedDriver` serves one unit as a `DeviceDriver`; `se
 """
 
 from apis.emulator.converter import Alarm, ConverterModel
-from apis.emulator.world import UnitCounters, VoltageConflict, World, unit_ids_for
+from apis.emulator.world import (
+    DroopParallel,
+    UnitCounters,
+    VoltageConflict,
+    World,
+    unit_ids_for,
+)
 
 __all__ = [
     "Alarm",
     "ConverterModel",
+    "DroopParallel",
     "UnitCounters",
     "VoltageConflict",
     "World",

@@ -7,12 +7,25 @@ Four modes (`apis.hardware.modes.ConverterMode`):
   voltage falls linearly with the current the unit pushes into the grid,
   ``v = v_ref - (r_out + r_droop) * i_out`` with ``r_droop = dvg * drg / 100`` ohm, i.e. `drg`
   is the drop in percent of `dvg` per ampere of output current (drg = 0: a stiff source behind
-  the small output resistance `r_out`). `v_ref` ramps from the grid's present voltage (0 V on
-  a dead grid) to `dvg` at `voltage_ramp_v_per_s`.
-- DISCHARGE / CHARGE (CC): a current source of magnitude `dig` into / out of the grid,
-  reached through a first-order lag (`response_time_s`) and a slew limit
-  (`current_ramp_a_per_s`). Without a voltage reference in its part of the grid a CC converter
-  moves no current and raises GRID_UNDER_VOLTAGE.
+  the small output resistance `r_out`). `v_ref` starts at the grid's present voltage and
+  moves to `dvg` at one of two rates:
+
+  * soft start, `voltage_ramp_v_per_s` (30 V/s, about 12 s from 0 V to 350 V, as the
+    original): a converter that enters CV on a dead grid, i.e. below its under-voltage level
+    `under_voltage_v` (the seed's 0 V start), ramps slowly until it first reaches `dvg`; the
+    slow ramp limits the inrush into the grid's capacitance;
+  * set-point slew, `voltage_slew_v_per_s` (500 V/s): every other move of a running
+    reference on a live grid (authorisation steps of 10-40 V, a hand-over's take-over, grid
+    voltage optimisation, WAIT's ramp-down). 500 V/s is a plausible closed-loop figure for
+    the grid-side voltage loop of a 2.5 kW DC/DC converter (loop bandwidth of some 100 Hz,
+    slew-limited so that charging a few mF of grid capacitance stays within its current
+    rating): a 40 V step settles in about 80 ms, before the original's first checkpoint
+    read (3 reads, 100 ms apart).
+- DISCHARGE / CC CHARGE: a current source of magnitude `dig` into / out of the grid, reached
+  through a first-order lag (`response_time_s`, 0.05 s: the current loop settles to 1 % in
+  about 0.23 s, inside the original's checkpoint window) and a slew limit
+  (`current_ramp_a_per_s`). Without a voltage reference in its part of the grid a CC
+  converter moves no current and raises GRID_UNDER_VOLTAGE.
 
 Loss as a function of grid-side power P while switching:
 ``standby + active + proportional * |P| + quadratic * P**2``; WAITING (or tripped) draws only
@@ -46,7 +59,7 @@ class Alarm(IntFlag):
     GRID_UNDER_VOLTAGE = 0x0002  # a CC converter on a dead or sagging grid
     GRID_OVER_VOLTAGE = 0x0004
     CURRENT_LIMIT = 0x0008  # grid current beyond dig / capacity, or battery current limit
-    VOLTAGE_CONFLICT = 0x0010  # two voltage references on one connected grid
+    VOLTAGE_CONFLICT = 0x0010  # a stiff voltage reference in parallel with another one
     BATTERY_LIMIT = 0x0020  # battery full (no CC charge) or empty (no CC discharge)
     INJECTED = 0x0040  # heavy: fault injected by a test or demo
 
@@ -73,9 +86,10 @@ class ConverterModel:
     active_loss_w: float = 12.0  # switching at no load
     proportional_loss: float = 0.02  # fraction of |P|: switching and diode losses
     quadratic_loss_per_w: float = 1.0e-5  # 1/W: resistive losses, ~62 W at 2.5 kW
-    response_time_s: float = 0.2  # CC current first-order lag
+    response_time_s: float = 0.05  # CC current first-order lag (time constant)
     current_ramp_a_per_s: float = 10.0  # CC slew limit
-    voltage_ramp_v_per_s: float = 30.0  # CV start: 0 V to 350 V in about 12 s, as the original
+    voltage_ramp_v_per_s: float = 30.0  # CV soft start on a dead grid: 0 V to 350 V in ~12 s
+    voltage_slew_v_per_s: float = 500.0  # CV set-point changes on a live grid
     output_resistance_ohm: float = 0.01  # keeps a drg = 0 source finite in the nodal solve
     ambient_c: float = 25.0
     thermal_resistance_k_per_w: float = 0.12  # 125 W of loss: 15 K above ambient
@@ -109,9 +123,13 @@ class ConverterModel:
         result: FloatArray = present + np.clip(step, -limit, limit)
         return result
 
-    def ramp_voltage(self, present: FloatArray, target: FloatArray, dt: float) -> FloatArray:
-        """CV reference voltage after `dt` s of ramping toward `target`."""
-        limit = self.voltage_ramp_v_per_s * dt
+    def ramp_voltage(
+        self, present: FloatArray, target: FloatArray, soft_start: NDArray[np.bool_], dt: float
+    ) -> FloatArray:
+        """CV reference voltage after `dt` s of moving toward `target`: at the soft-start
+        ramp where `soft_start`, at the set-point slew elsewhere."""
+        rate = np.where(soft_start, self.voltage_ramp_v_per_s, self.voltage_slew_v_per_s)
+        limit = rate * dt
         result: FloatArray = present + np.clip(target - present, -limit, limit)
         return result
 

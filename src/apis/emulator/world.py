@@ -16,6 +16,23 @@ off; the original counted it as "wasted"); `bought` is what an empty battery cou
 mains in bypass and its AC charging. For the grid: sum of (grid_out - grid_in) over units =
 line losses.
 
+Voltage references in parallel. Two or more converters in CV on one live connected part of
+the grid are classified every step by their droop (`drg`):
+
+- a *voltage conflict* (`voltage_conflicts`, alarm VOLTAGE_CONFLICT on every member) when at
+  least one of them is stiff (drg = 0). A stiff source holds its voltage whatever current it
+  must give or take: beside another reference, the share of the current is fixed only by the
+  small output and line resistances, so any difference of set-points or sensor offsets drives
+  a large current between them until one hits its current limit. They fight; that is the
+  error the Grid Master exists to prevent.
+- a *droop parallel* (`droop_parallels`, no alarm) when all of them have droop (drg > 0).
+  Each one's voltage falls with the current it gives, so the sources share the load in
+  inverse proportion to their droop resistances and a set-point difference drives only a
+  small, bounded circulating current: paralleling is stable. The CV transfer of spec 6.5
+  uses exactly that: for a moment the old and the new reference both run in CV with
+  `drg = droopRatio` at the same `dvg`. The record (duration, largest circulating current)
+  lets tests check that hand-overs stay brief and gentle.
+
 Time: `step(dt)` is pure. `sync()` steps up to the running event loop's time (lazily, before
 every read or command), and `run()` is a task that calls it periodically; so the same world
 runs in real, scaled or virtual time.
@@ -93,13 +110,37 @@ def unit_ids_for(n: int) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class VoltageConflict:
-    """Two or more voltage references held up one connected part of the grid."""
+    """Two or more voltage references, at least one of them stiff (drg = 0), held up one
+    connected part of the grid: they fight (see the module docstring)."""
 
     time_s: float  # world time (s since start) when the conflict began
     at: datetime
     unit_ids: tuple[str, ...]
     fight_current_a: float  # largest |grid current| of those references while it lasted
     end_s: float | None = None  # world time when it ended (None: still going on)
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.end_s is None else self.end_s - self.time_s
+
+
+@dataclass(frozen=True, slots=True)
+class DroopParallel:
+    """Two or more voltage references, all with droop (drg > 0), held up one connected part
+    of the grid: they share the load stably, as during a CV transfer (spec 6.5)."""
+
+    time_s: float  # world time (s since start) when the episode began
+    at: datetime
+    unit_ids: tuple[str, ...]
+    # Largest current that flowed from these references into one another while it lasted:
+    # per step min(sum given, sum taken) over the references (0 while they all give, or all
+    # take, i.e. merely share a load).
+    circulating_current_a: float
+    end_s: float | None = None  # world time when it ended (None: still going on)
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.end_s is None else self.end_s - self.time_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +182,8 @@ _UNIT_ARRAYS = (
     "ig_min", "ig_max", "ib_min", "ib_max",
     "permitted", "deny_below", "permit_above", "fault_deny", "fault_alarm", "fault_extra_k",
     "pv_override_w", "load_override_w",
-    "mode", "dvg", "dig", "drg", "i_cc", "v_ref", "cv_active", "over_temperature",
+    "mode", "dvg", "dig", "drg", "i_cc", "v_ref", "cv_active", "soft_start",
+    "over_temperature",
     "temperature_c", "alarms",
     "pv_w", "pv_used_w", "load_w", "vg", "ig", "wg", "wb", "vb", "ib", "loss_w",
     "battery_power_w", "bought_w", "grid_role", "grid_state", "ups_bypass", "ups_ac_charging",
@@ -200,6 +242,7 @@ class World:
     fault_deny: BoolArray
     fault_alarm: BoolArray
     cv_active: BoolArray
+    soft_start: BoolArray  # a CV converter ramping up a dead grid at the soft-start rate
     over_temperature: BoolArray
     mode: IntArray
     alarms: IntArray
@@ -242,6 +285,8 @@ class World:
         self.t = 0.0  # s since `start`
         self.voltage_conflicts: list[VoltageConflict] = []
         self._active_conflicts: dict[tuple[str, ...], int] = {}  # group -> record index
+        self.droop_parallels: list[DroopParallel] = []
+        self._active_parallels: dict[tuple[str, ...], int] = {}  # group -> record index
         self.driver_delay_s: dict[str, float] = {}  # injected driver timeouts
         self.line_loss_wh = np.zeros(len(self.grid.line_ids))
         # Kept when units or lines are removed, so the grid balance still closes.
@@ -289,7 +334,8 @@ class World:
         for name in ("permitted",):
             setattr(self, name, np.ones(n, dtype=bool))
         for name in (
-            "fault_deny", "fault_alarm", "cv_active", "over_temperature", "ups_bypass",
+            "fault_deny", "fault_alarm", "cv_active", "soft_start", "over_temperature",
+            "ups_bypass",
             "ups_ac_charging",
         ):
             setattr(self, name, np.zeros(n, dtype=bool))
@@ -365,6 +411,10 @@ class World:
     @property
     def voltage_conflict_active(self) -> bool:
         return bool(self._active_conflicts)
+
+    @property
+    def droop_parallel_active(self) -> bool:
+        return bool(self._active_parallels)
 
     def advance(self, seconds: float) -> None:
         """Step forward `seconds` in steps of at most `max_step_s`."""
@@ -452,10 +502,17 @@ class World:
         target = np.where(cc & grid_ok & ~battery_blocked, target, 0.0)
         self.i_cc = np.where(cc & unit_live, model.follow_current(self.i_cc, target, dt), 0.0)
 
-        # CV: a starting reference ramps from the grid's present voltage.
+        # CV: a starting reference moves from the grid's present voltage; on a dead grid
+        # (below the under-voltage level) it soft-starts until it first reaches its dvg.
         starting = cv & ~self.cv_active
         self.v_ref = np.where(starting, self.vg, self.v_ref)
-        self.v_ref = np.where(cv, model.ramp_voltage(self.v_ref, self.dvg, dt), 0.0)
+        self.soft_start = cv & np.where(
+            starting, self.vg < model.under_voltage_v, self.soft_start
+        )
+        self.v_ref = np.where(
+            cv, model.ramp_voltage(self.v_ref, self.dvg, self.soft_start, dt), 0.0
+        )
+        self.soft_start &= np.abs(self.v_ref - self.dvg) > _TOLERANCE_V
         self.cv_active = cv
 
         solution, limiting, under, over = self._solve_grid(source_units, cc & unit_live)
@@ -633,34 +690,57 @@ class World:
         self, source_units: NDArray[np.intp], solution: GridSolution, i_out: FloatArray,
         at: datetime,
     ) -> NDArray[np.bool_]:
+        """Record references in parallel (module docstring); True for units in conflict."""
         conflict = np.zeros(self.n_units, dtype=bool)
-        active: dict[tuple[str, ...], int] = {}
+        conflicts: dict[tuple[str, ...], int] = {}
+        parallels: dict[tuple[str, ...], int] = {}
         if len(source_units) >= 2:
             labels = solution.component[self._unit_node[source_units]]
             counts = np.bincount(labels)
             for label in np.flatnonzero(counts >= 2):
                 members = source_units[labels == label]
-                conflict[members] = True
                 group = tuple(self.unit_ids[i] for i in members)
-                fight = float(np.max(np.abs(i_out[members])))
-                index = self._active_conflicts.get(group)
-                if index is None:
-                    index = len(self.voltage_conflicts)
-                    self.voltage_conflicts.append(
-                        VoltageConflict(self.t, at, group, fight_current_a=fight)
-                    )
+                current = i_out[members]
+                if np.any(self.drg[members] == 0.0):
+                    conflict[members] = True
+                    conflicts[group] = self._track_conflict(group, current, at)
                 else:
-                    record = self.voltage_conflicts[index]
-                    if fight > record.fight_current_a:
-                        self.voltage_conflicts[index] = replace(record, fight_current_a=fight)
-                active[group] = index
+                    parallels[group] = self._track_parallel(group, current, at)
         for group, index in self._active_conflicts.items():
-            if group not in active:
+            if group not in conflicts:
                 self.voltage_conflicts[index] = replace(
                     self.voltage_conflicts[index], end_s=self.t
                 )
-        self._active_conflicts = active
+        for group, index in self._active_parallels.items():
+            if group not in parallels:
+                self.droop_parallels[index] = replace(self.droop_parallels[index], end_s=self.t)
+        self._active_conflicts = conflicts
+        self._active_parallels = parallels
         return conflict
+
+    def _track_conflict(self, group: tuple[str, ...], current: FloatArray, at: datetime) -> int:
+        fight = float(np.max(np.abs(current)))
+        index = self._active_conflicts.get(group)
+        if index is None:
+            self.voltage_conflicts.append(VoltageConflict(self.t, at, group, fight))
+            return len(self.voltage_conflicts) - 1
+        record = self.voltage_conflicts[index]
+        if fight > record.fight_current_a:
+            self.voltage_conflicts[index] = replace(record, fight_current_a=fight)
+        return index
+
+    def _track_parallel(self, group: tuple[str, ...], current: FloatArray, at: datetime) -> int:
+        given = float(np.sum(np.maximum(current, 0.0)))
+        taken = float(np.sum(np.maximum(-current, 0.0)))
+        circulating = min(given, taken)
+        index = self._active_parallels.get(group)
+        if index is None:
+            self.droop_parallels.append(DroopParallel(self.t, at, group, circulating))
+            return len(self.droop_parallels) - 1
+        record = self.droop_parallels[index]
+        if circulating > record.circulating_current_a:
+            self.droop_parallels[index] = replace(record, circulating_current_a=circulating)
+        return index
 
     def _update_alarms(
         self,
@@ -1004,6 +1084,7 @@ class World:
         self.retired_line_loss_wh += sum(old_losses.values()) - float(self.line_loss_wh.sum())
         self._index = {u: k for k, u in enumerate(self.unit_ids)}
         self._unit_node = self.grid.unit_nodes(self.unit_ids)
-        self._active_conflicts = {}
+        # Records stay open across the rebuild: groups are keyed by unit ID, and the step
+        # below closes those whose members are gone.
         self.vb = battery.battery_voltage(self.rsoc, self.vb_min, self.vb_max)
         self.step(0.0)

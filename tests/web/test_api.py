@@ -81,7 +81,13 @@ async def test_page_static_files_and_docs(env: Env) -> None:
                  "/static/vendor/uplot/uPlot.min.css", "/static/vendor/uplot/LICENSE",
                  "/static/favicon.svg"):
         assert (await c.get(path)).status_code == 200, path
-    assert (await c.get("/docs")).status_code == 200
+    docs = await c.get("/docs")
+    assert docs.status_code == 200 and "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower() and "http" not in docs.text.replace("http-equiv", "")
+    for path in ("/static/vendor/swagger-ui/swagger-ui-bundle.js",
+                 "/static/vendor/swagger-ui/swagger-ui.css"):
+        assert (await c.get(path)).status_code == 200, path
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
     spec = (await c.get("/openapi.json")).json()
     for path in ("/api/cluster", "/api/units", "/api/deals", "/api/deals/history", "/api/grid",
                  "/api/errors", "/api/operation-mode", "/api/stop-all", "/api/events",

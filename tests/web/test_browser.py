@@ -120,6 +120,10 @@ def test_every_unit_shown_and_a_deal_flows(page: Any, cluster: ClusterThread) ->
     assert "not available" not in page.inner_text("#grid-note")
     assert page.inner_text("#token-state") == "controls enabled"
     screenshot(page, "cluster-with-deal.png")
+    # The API docs render from vendored files (this machine has no network: offline proof).
+    page.goto(f"{cluster.url}docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=60_000)
+    assert "APIS operations" in page.inner_text(".swagger-ui .title")
 
 
 def test_mode_controls_confirm_and_set_the_global_mode(page: Any,

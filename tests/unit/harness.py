@@ -1,8 +1,9 @@
 """Test rig: a cluster of units from the original sample files, emulated hardware, virtual time.
 
-`Rig` owns the emulated `World`, one `WatchedDriver` per unit (records every converter
-write and checks, after each, that no two voltage references stand on the grid without
-droop), and the `InProcessCluster`.
+`Rig` owns the emulated `World` (the emulator's default converter: quick enough for the
+original's checkpoints, 3 reads 100 ms apart, once the grid is up), one `WatchedDriver` per
+unit (records every converter write and checks, after each, that no two voltage references
+stand on the grid without droop), and the `InProcessCluster`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,6 @@ SAMPLE_DIR = (
     Path(__file__).resolve().parents[3] / "shared" / "reference" / "original-sample-config"
 )
 T = TypeVar("T")
-
-# The emulator's converter, quick enough for the original's checkpoints (3 reads, 100 ms
-# apart): a running voltage reference follows a set-point change, and a CC converter reaches
-# its current, within a few hundred milliseconds.
-FAST_CONVERTER = ConverterModel(voltage_ramp_v_per_s=300.0, response_time_s=0.05)
 
 
 def _strip(value: Any) -> Any:
@@ -186,7 +182,7 @@ class Rig:
         hw: dict[str, Any] | None = None,
         unit_hw: dict[str, dict[str, Any]] | None = None,
         seed: int = 1,
-        converter: ConverterModel = FAST_CONVERTER,
+        converter: ConverterModel | None = None,
     ) -> None:
         self.root = root
         self.config = write_config(root, unit_ids, policy, scenarios, hw, unit_hw)
@@ -225,15 +221,16 @@ class Rig:
     def assert_one_voltage_reference(self) -> None:
         """The one physical rule: never two stiff voltage references on one grid.
 
-        A hand-over (spec 6.5) overlaps two references, both with droop, for an instant;
-        the emulator's conflict record also lists those overlaps, so any record it holds
-        must be one of them."""
+        A hand-over (spec 6.5) overlaps two references, both with droop, for an instant: the
+        emulator records that as a droop-parallel episode, not a conflict; each must be over
+        within a second."""
         assert self.watch.stiff_conflicts == [], self.watch.stiff_conflicts
-        for conflict in self.world.voltage_conflicts:
-            assert conflict.end_s is not None and conflict.end_s - conflict.time_s < 1.0, conflict
+        assert self.world.voltage_conflicts == [], self.world.voltage_conflicts
+        for episode in self.world.droop_parallels:
+            assert episode.duration_s is not None and episode.duration_s < 1.0, episode
             assert any(
-                set(members) == set(conflict.unit_ids) for _, members in self.watch.overlaps
-            ), conflict
+                set(members) == set(episode.unit_ids) for _, members in self.watch.overlaps
+            ), episode
 
     def deal_files(self, unit: str) -> list[Path]:
         base = self.root / "dealLog" / unit

@@ -5,7 +5,17 @@
 - converter commands from the current Grid Master only (`apis.<id>.Controller.control.device`),
   checked against the Grid Master lock and its fencing epoch, executed one at a time under
   the driver-access lock, with current/voltage stepping, checkpoints and mode read-back;
-- local stop and scram.
+- local stop and scram;
+- the local safety checks after every periodic acquisition (`apis.unit.safety`), reported
+  through the unit's error handling (a first tolerated finding as WARN, the second in a row
+  as ERROR); a driver that fails (after its own retries) is a HARDWARE/LOCAL/ERROR;
+- manual converter control (`apis.<id>.Controller.control.manual`) while the effective
+  mode is `manual`.
+
+The checks run on the periodic acquisitions only, not on the urgent reads the Grid Master
+makes in the middle of a command sequence (those would see every ramp half-way).
+Starting commands (VOLTAGE_REFERENCE, CHARGE, DISCHARGE, take-over) are refused while the
+last data shows a heavy alarm or a battery that denies sharing.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import asyncio
 import logging
 import math
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from apis.bus.base import Bus, Message
@@ -25,7 +36,21 @@ from apis.hardware.modes import ConverterMode
 from apis.unit import subjects
 from apis.unit.data import unit_data_json
 from apis.unit.registry import Registry
+from apis.unit.safety import (
+    Consecutive,
+    Finding,
+    always_checks,
+    dynamic_checks,
+    mode_deal_checks,
+    static_checks,
+)
 from apis.unit.state import UnitState
+
+Reporter = Callable[[str, str, str, str], Awaitable[Any]]
+MANUAL_COMMANDS = ("WAIT", "VOLTAGE_REFERENCE", "CHARGE", "DISCHARGE")
+STARTING_COMMANDS = (
+    "VOLTAGE_REFERENCE", "CHARGE", "DISCHARGE", "voltageReferenceWillTakeOver",
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +86,7 @@ class Controller:
         registry: Registry,
         state: UnitState,
         rng: random.Random,
+        report: Reporter | None = None,
     ) -> None:
         self.config = config
         self.hw = hw
@@ -78,8 +104,16 @@ class Controller:
         self._max_epoch = 0
         self.skip_dynamic_check = False
         self.commands_executed = 0
+        self._report = report
+        self._consecutive = Consecutive()
+        self.findings: list[tuple[float, str, Finding]] = []  # (loop time, level, finding)
 
     # ---- acquisition ---------------------------------------------------------------------
+
+    @property
+    def acquired_at(self) -> float:
+        """Loop time of the last acquisition."""
+        return self._acquired_at
 
     @property
     def data(self) -> UnitData | None:
@@ -91,7 +125,11 @@ class Controller:
             return await self._acquire_unlocked()
 
     async def _acquire_unlocked(self) -> UnitData:
-        data = await self.driver.read()
+        c = self.policy.controller
+        # The driver retries itself; this only bounds a driver that hangs altogether.
+        limit = c.request_timeout_msec * c.retry_limit / 1000 + 1.0
+        async with asyncio.timeout(limit):
+            data = await self.driver.read()
         self._data = data
         self._dcdc = data.dcdc
         self._acquired_at = asyncio.get_running_loop().time()
@@ -106,16 +144,53 @@ class Controller:
                 await asyncio.sleep(period - since)
                 continue
             try:
-                await self.acquire()
+                data = await self.acquire()
             except Exception as e:  # the driver failed; the next tick retries
-                log.warning("%s: data acquisition failed: %s", self.unit_id, e)
+                await self.report(
+                    "HARDWARE", "ERROR", f"Communication failed with Device Driver: {e!r}"
+                )
+            else:
+                await self.check_safety(data)
             await asyncio.sleep(period)
+
+    async def report(self, category: str, level: str, message: str) -> None:
+        if self._report is not None:
+            await self._report(category, "LOCAL", level, message)
+        else:
+            log.warning("(%s:LOCAL:%s:%s) %s", category, level, self.unit_id, message)
+
+    async def check_safety(self, data: UnitData) -> list[tuple[Finding, str]]:
+        """Section 12.3 on one acquisition; report what is found."""
+        findings = always_checks(data) + static_checks(data, self.hw)
+        effective = self.state.effective_mode
+        if effective != "manual":
+            try:
+                deals = [s.deal for s in await self.registry.all_deals()]
+            except Exception as e:
+                log.warning("%s: safety check: deals unreadable: %s", self.unit_id, e)
+                deals = None
+            if deals is not None:
+                findings += mode_deal_checks(self.unit_id, data, deals, effective)
+            if not self.skip_dynamic_check:
+                findings += dynamic_checks(data, self.hw, self.policy)
+        levels = self._consecutive.levels(findings)
+        now = asyncio.get_running_loop().time()
+        for finding, level in levels:
+            self.findings.append((now, level, finding))
+            await self.report(finding.category, level, finding.message)
+        return levels
+
+    def _refuse_if_unsafe(self, command: str) -> None:
+        data = self._data
+        if command not in STARTING_COMMANDS or data is None:
+            return
+        for finding in always_checks(data):
+            raise CommandError(f"{command} refused: {finding.message}")
 
     async def unit_data(self, urgent: bool = False) -> dict[str, Any]:
         data = self._data
         if urgent or data is None:
             data = await self.acquire()
-        self.state.global_mode = await self.registry.global_mode(self.policy.operation_mode)
         return unit_data_json(
             data,
             self.config,
@@ -136,6 +211,9 @@ class Controller:
             await self.bus.subscribe(subjects.CONTROLLER_DATA_ALL, self._on_data_all),
             await self.bus.subscribe(subjects.controller_control(self.unit_id), self._on_control),
             await self.bus.subscribe(subjects.CONTROLLER_SCRAM, self._on_scram),
+            await self.bus.subscribe(
+                subjects.controller_control_manual(self.unit_id), self._on_manual
+            ),
         ]
 
     async def _on_data(self, msg: Message) -> Any:
@@ -156,6 +234,52 @@ class Controller:
         params = body.get("params") or {}
         dcdc = await self.execute(command, params)
         return dcdc.to_json()
+
+    async def _on_manual(self, msg: Message) -> Any:
+        """Manual converter control (operators, tests): only in effective mode `manual`."""
+        effective = self.state.effective_mode
+        body = msg.payload if isinstance(msg.payload, dict) else {}
+        command = str(body.get("command", ""))
+        params = body.get("params") or {}
+        if effective != "manual":
+            raise CommandError(
+                f"manual {command} on {self.unit_id} refused: effective mode is {effective} "
+                "(must be manual)"
+            )
+        if command not in MANUAL_COMMANDS:
+            raise CommandError(
+                f"manual command = {command!r} (must be one of {', '.join(MANUAL_COMMANDS)})"
+            )
+        log.warning("%s: manual %s %s by %s", self.unit_id, command, params,
+                    msg.headers.get(subjects.OPERATOR, "unknown"))
+        async with self._driver_lock:
+            if command == "WAIT":
+                return (await self._wait()).to_json()
+            if command == "VOLTAGE_REFERENCE":
+                return (await self._manual_voltage_reference(params)).to_json()
+            self._refuse_if_unsafe(command)
+            current = self._current_param(params, command)
+            return (await self._start_current(ConverterMode[command], current)).to_json()
+
+    async def _manual_voltage_reference(self, params: dict[str, Any]) -> ConverterData:
+        self._refuse_if_unsafe("VOLTAGE_REFERENCE")
+        p = self.policy
+        dcdc = await self._read_converter()
+        limit = p.operation_grid_voltage_v_range.min + 2 * p.grid_voltage_separation_v
+        if dcdc.mode is not ConverterMode.VOLTAGE_REFERENCE and dcdc.meter.vg > limit:
+            raise CommandError(
+                f"manual VOLTAGE_REFERENCE refused: the grid already measures "
+                f"{dcdc.meter.vg:.1f} V (> {limit:g} V: another source may hold it)"
+            )
+        voltage = (
+            self._voltage_param(params, "VOLTAGE_REFERENCE")
+            if params.get("gridVoltageV") is not None
+            else p.operation_grid_voltage_v
+        )
+        self.skip_dynamic_check = True
+        return await self._set_mode(
+            ConverterMode.VOLTAGE_REFERENCE, voltage, self.hw.grid_current_capacity_a, 0.0
+        )
 
     async def _on_scram(self, msg: Message) -> Any:
         exclude = msg.headers.get(subjects.EXCLUDE_VOLTAGE_REFERENCE) == "true"
@@ -198,6 +322,7 @@ class Controller:
         async with self._driver_lock:
             if self._dcdc is None:
                 await self._acquire_unlocked()
+            self._refuse_if_unsafe(command)
             result = await self._dispatch(command, params)
             self.commands_executed += 1
             return result

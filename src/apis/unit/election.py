@@ -5,6 +5,11 @@ waits a random time (so competing units spread apart) and runs *ensure*, which p
 Grid Master where the selection strategy wants it (or here). Activation takes the Grid
 Master lock with create-if-absent, so two units can never both hold it; deactivation stops
 the service before releasing the lock.
+
+The lock is a lease (`apis.unit.registry`, `apis.unit.lease`): every unit also watches the
+lock's key, and when it is released or expires (its Grid Master died or stopped renewing)
+runs *ensure* after a random wait of up to `ensureWaitMsec`. A lock whose Grid Master does
+not answer (crashed, paused, cut off) is left to expire: nobody clears a lease by force.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from apis.bus.base import Bus, BusError, Message, NoHandlers
+from apis.bus.base import Bus, BusError, Message, NoHandlers, RequestTimeout
 from apis.config.policy import Policy
 from apis.unit import subjects
 from apis.unit.registry import Registry
@@ -24,6 +29,7 @@ from apis.unit.state import UnitState
 log = logging.getLogger(__name__)
 
 HELO_TIMEOUT_S = 5.0
+LEASE_WATCH_RETRY_S = 1.0
 ACTIVATION_TIMEOUT_S = 30.0
 
 
@@ -54,6 +60,7 @@ class Election:
         self._voltage_reference_unit = voltage_reference_unit
         self.unit_id = state.unit_id
         self._ensure_requested = asyncio.Event()
+        self._lease_gone = asyncio.Event()
         self._stale_count = 0
         self.errors: list[str] = []  # LOGIC errors seen (for tests and displays)
 
@@ -79,29 +86,63 @@ class Election:
         return interval if interval > 0 else base
 
     async def watch_loop(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._lease_watch())
+            tg.create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
         while True:
-            requested = False
+            requested = lease_gone = False
+            waits = [
+                asyncio.ensure_future(self._ensure_requested.wait()),
+                asyncio.ensure_future(self._lease_gone.wait()),
+            ]
             try:
-                async with asyncio.timeout(self.watch_interval()):
-                    await self._ensure_requested.wait()
-                requested = True
-            except TimeoutError:
-                pass
+                await asyncio.wait(waits, timeout=self.watch_interval(),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            requested = self._ensure_requested.is_set()
+            lease_gone = self._lease_gone.is_set()
             self._ensure_requested.clear()
+            self._lease_gone.clear()
             if not self.state.in_operation:
                 continue
             try:
-                if requested:
+                if lease_gone and not self.state.is_grid_master:
+                    await self._after_lease_gone()
+                elif requested:
                     await self.ensure()
                 else:
                     await self.watch()
             except BusError as e:
                 log.warning("%s: Grid Master watch failed: %s", self.unit_id, e)
 
+    async def _lease_watch(self) -> None:
+        """Flag every release or expiry of the Grid Master lease."""
+        while True:
+            try:
+                async for lock in self.registry.grid_master_changes():
+                    if lock is None:
+                        self._lease_gone.set()
+            except BusError as e:
+                log.warning("%s: watching the Grid Master lease: %s", self.unit_id, e)
+            await asyncio.sleep(LEASE_WATCH_RETRY_S)  # the bus closed or failed: again
+
+    async def _after_lease_gone(self) -> None:
+        """The lease was released or expired: spread apart, then elect unless somebody did."""
+        wait = self.policy.grid_master.grid_master_watching.absence.ensure_wait_msec / 1000
+        await asyncio.sleep(wait * self.rng.random())
+        if await self.registry.grid_master() is None:
+            await self.ensure()
+
     async def current_grid_master(self) -> str | None:
+        """The unit whose Grid Master answers Helo; None if none answers (a paused one times
+        out: it does not answer either)."""
         try:
             reply = await self.bus.request(subjects.GRID_MASTER_HELO, timeout=HELO_TIMEOUT_S)
-        except NoHandlers:
+        except (NoHandlers, RequestTimeout):
             return None
         return str(reply)
 
@@ -143,19 +184,20 @@ class Election:
         if lock is None:
             self._stale_count = 0
             return await self._activate(proper or self.unit_id)
-        # A lock without a Grid Master: a crash, or a hand-over in progress.
+        # A lock without a Grid Master: a crash, a pause, or a hand-over in progress. It is a
+        # lease: it expires unless its holder renews it, and then `_lease_watch` acts.
         self._stale_count += 1
         if self._stale_count == 1 and retry:
-            log.warning("(LOGIC:LOCAL:WARN:%s) stale Grid Master lock %s", self.unit_id, lock)
             await asyncio.sleep(
                 self.policy.grid_master.grid_master_ensuring.interlock_inconsistency.retry_wait_msec
                 / 1000
             )
             return await self.ensure(retry=False)
-        self._logic_error(f"stale Grid Master lock held by {lock.unit_id}")
-        # Reset (section 11.5): clear the lock when still nobody answers.
-        if await self.current_grid_master() is None:
-            await self.registry.release_grid_master(lock.unit_id)
+        log.warning(
+            "(LOGIC:LOCAL:WARN:%s) stale Grid Master lock held by %s at epoch %d: waiting for "
+            "its lease to expire", self.unit_id, lock.unit_id, lock.epoch,
+        )
+        self.errors.append(f"stale Grid Master lock held by {lock.unit_id}")
         self._stale_count = 0
         return None
 

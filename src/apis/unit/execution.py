@@ -10,6 +10,14 @@ Exactly one converter holds the grid voltage (the voltage reference, VR). It sit
 *master side* of the *master deal*; every other running converter is in constant current.
 The VR moves only by the 4-step hand-over of section 6.5.
 
+Where a unit has died or stopped answering, a deal must still end: Abortion and the
+Deactivation it leads to skip the unit that cannot be reached (reporting a HARDWARE/LOCAL/ERROR
+on its behalf, so that, if it is alive, its own error handling stops it), record the abort and
+dispose of the deal, which writes the final deal log on every live unit (the original left such
+a deal in the registry for ever). A voltage reference lost while other deals still need it is a
+LOGIC/GLOBAL/ERROR (scram, reset). A hand-over that fails half-way is one too: two converters
+might be holding the grid.
+
 Better than the original: a deal stops on a predicted time as well as on a pass. When the
 energy still missing would be reached before the next regular pass, `wake_in` asks the main
 loop to come back exactly then, so the amount is met within a fraction of a percent.
@@ -79,6 +87,8 @@ class DealExecution:
         publish_log: Callable[[Deal], Awaitable[None]],
         raise_global: Callable[[GlobalError], None],
         large_capacity: Callable[[str], bool] | None = None,
+        global_mode: Callable[[], str] | None = None,
+        report_unit_error: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.policy = policy
         self.registry = registry
@@ -86,6 +96,8 @@ class DealExecution:
         self._dispose = dispose
         self._publish_log = publish_log
         self._raise_global = raise_global
+        self._global_mode = global_mode or (lambda: "autonomous")
+        self._report_unit_error = report_unit_error
         self.large_capacity_units = set(policy.large_capacity_unit_ids)
         self.deals: dict[str, Deal] = {}
         self.revisions: dict[str, int] = {}
@@ -109,6 +121,12 @@ class DealExecution:
             return
         for deal in self.deals.values():
             deal.need_to_stop_reasons = await self.registry.need_to_stop_reasons(deal.deal_id)
+        mode = self._global_mode()
+        if mode in ("stop", "manual"):
+            self._raise_global(
+                GlobalError("LOGIC", "ERROR", f"operationMode is {mode} but deal exists")
+            )
+            return
         self._decide_master_side()
         if any(d.master_side_active for d in self.deals.values()) and not any(
             d.master for d in self.deals.values()
@@ -187,13 +205,19 @@ class DealExecution:
             return
         try:
             await self._abortion(deal, reason)
+        except GlobalError as e:
+            self._raise_global(e)
+            self.stop_pass = True
         except (DealFailure, UnitUnreachable, BusError) as e:
-            log.error(
-                "(HARDWARE:LOCAL:ERROR:%s,%s) deal abortion failed: %s",
-                deal.charge_unit_id,
-                deal.discharge_unit_id,
-                e,
-            )
+            for unit in (deal.charge_unit_id, deal.discharge_unit_id):
+                await self._unit_failed(unit, f"deal {deal_id} : deal abortion failed: {e}")
+
+    async def _unit_failed(self, unit_id: str, message: str) -> None:
+        """HARDWARE/LOCAL/ERROR on behalf of `unit_id`: its own handling stops it."""
+        if self._report_unit_error is not None:
+            await self._report_unit_error(unit_id, message)
+        else:
+            log.error("(HARDWARE:LOCAL:ERROR:%s) %s", unit_id, message)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -412,21 +436,36 @@ class DealExecution:
         return "CHARGE"
 
     async def _hand_over(self, move: _Handover) -> None:
-        """Section 6.5: move the voltage reference from A to B in four commands."""
+        """Section 6.5: move the voltage reference from A to B in four commands.
+
+        The first step may fail harmlessly (nothing changed yet: the caller aborts the deal);
+        a failure after B entered CV mode is a LOGIC/GLOBAL/ERROR, so the scram that follows
+        leaves no two converters holding the grid."""
         await self.link.command(move.old_vr, "voltageReferenceWillHandOver")
-        await self.link.command(
-            move.new_vr, "voltageReferenceWillTakeOver", gridVoltageV=move.voltage_v
-        )
-        if move.old_vr_mode is None:
-            await self.link.command(move.old_vr, "voltageReferenceDidHandOver")
-        else:
+        step = "voltageReferenceWillTakeOver"
+        try:
             await self.link.command(
-                move.old_vr,
-                "voltageReferenceDidHandOver",
-                mode=move.old_vr_mode,
-                gridCurrentA=move.old_vr_current_a,
+                move.new_vr, "voltageReferenceWillTakeOver", gridVoltageV=move.voltage_v
             )
-        await self.link.command(move.new_vr, "voltageReferenceDidTakeOver")
+            step = "voltageReferenceDidHandOver"
+            if move.old_vr_mode is None:
+                await self.link.command(move.old_vr, "voltageReferenceDidHandOver")
+            else:
+                await self.link.command(
+                    move.old_vr,
+                    "voltageReferenceDidHandOver",
+                    mode=move.old_vr_mode,
+                    gridCurrentA=move.old_vr_current_a,
+                )
+            step = "voltageReferenceDidTakeOver"
+            await self.link.command(move.new_vr, "voltageReferenceDidTakeOver")
+        except (UnitUnreachable, BusError) as e:
+            raise GlobalError(
+                "LOGIC",
+                "ERROR",
+                f"voltage reference hand-over {move.old_vr} -> {move.new_vr} failed at {step}: "
+                f"{e}",
+            ) from None
         for unit in (move.old_vr, move.new_vr):
             await self.fetch(unit)
 
@@ -666,7 +705,10 @@ class DealExecution:
         deal = await self._reload(deal)
         never_activated = not deal.activated or deal.activate_date_time == NOT_APPLICABLE
         if not never_activated:
-            await self._stop_slave(deal)
+            try:
+                await self._stop_slave(deal)
+            except (UnitUnreachable, BusError) as e:
+                await self._unit_failed(self.slave_unit(deal), f"deal {deal.deal_id} : {e}")
         now = self.now_of(deal)
         if deal.started and not deal.stopped:
             deal.stop_date_time = now
@@ -675,7 +717,7 @@ class DealExecution:
         if deal.activate_date_time == NOT_APPLICABLE:
             await self._disposition(deal)
         else:
-            await self._deactivation(deal)
+            await self._deactivation(deal, tolerant=True)
 
     async def _dispose_with_abort(self, deal: Deal, reason: str) -> None:
         deal.record_abort(self.now_of(deal), reason)
@@ -704,9 +746,35 @@ class DealExecution:
             return chosen, unit_of(chosen, policy_side)
         return chosen, self.master_unit(chosen)
 
-    async def _deactivation(self, deal: Deal) -> None:
+    async def _deactivation(self, deal: Deal, tolerant: bool = False) -> None:
+        """Release the master side, then record and dispose. `tolerant` (from Abortion): a
+        master-side unit that cannot be reached is reported and skipped."""
         self._hook(deal, "failBeforeDeactivate")
         master = self.master_unit(deal)
+        lost: str | None = None
+        try:
+            await self._release_master_side(deal, master)
+        except (UnitUnreachable, BusError) as e:
+            if not tolerant:
+                raise
+            await self._unit_failed(master, f"deal {deal.deal_id} : {e}")
+            if deal.master and any(d.master_side_active for d in self.others(deal)):
+                lost = master
+        self._hook(deal, "failAfterDeactivate")
+        now = self.now_of(deal)
+        if not deal.started:
+            deal.start_date_time = NOT_APPLICABLE
+            deal.stop_date_time = NOT_APPLICABLE
+        deal.deactivate_date_time = now
+        deal.is_master = None
+        await self._save(deal)
+        await self._disposition(deal)
+        if lost is not None:
+            raise GlobalError(
+                "LOGIC", "ERROR", f"{lost} : voltage reference lost while other deals run"
+            )
+
+    async def _release_master_side(self, deal: Deal, master: str) -> None:
         snap = await self.fetch(master)
         if not snap.is_waiting:
             if deal.master:
@@ -723,15 +791,6 @@ class DealExecution:
                 await self.link.command(master, "current", gridCurrentA=total)
             else:
                 await self.link.command(master, "WAIT")
-        self._hook(deal, "failAfterDeactivate")
-        now = self.now_of(deal)
-        if not deal.started:
-            deal.start_date_time = NOT_APPLICABLE
-            deal.stop_date_time = NOT_APPLICABLE
-        deal.deactivate_date_time = now
-        deal.is_master = None
-        await self._save(deal)
-        await self._disposition(deal)
 
     async def _release_master_deal(self, deal: Deal, master: str, snap: UnitSnapshot) -> None:
         vr_unit = master if snap.is_voltage_reference else self.voltage_reference_unit()

@@ -22,6 +22,7 @@ from typing import Any
 from apis.bus.base import Bus, BusError, KeyExists, Message
 from apis.config.policy import Policy
 from apis.unit import subjects
+from apis.unit.capacity import BatteryCapacityLocks
 from apis.unit.controller import Controller
 from apis.unit.deal import Deal
 from apis.unit.deallog import DealLog
@@ -49,8 +50,11 @@ class Mediator:
         controller: Controller,
         deal_log: DealLog | None,
         rng: random.Random,
+        capacity: BatteryCapacityLocks | None = None,
     ) -> None:
         self.state = state
+        self.capacity = capacity
+        self.directions: dict[str, str] = {}  # dealId -> this unit's direction
         self.policy = policy
         self.bus = bus
         self.registry = registry
@@ -208,7 +212,11 @@ class Mediator:
             return bool(
                 await self.bus.request(
                     subjects.interlock_deal(unit),
-                    {"dealId": deal.deal_id},
+                    {
+                        "dealId": deal.deal_id,
+                        "chargeUnitId": deal.charge_unit_id,
+                        "dischargeUnitId": deal.discharge_unit_id,
+                    },
                     {subjects.COMMAND: command},
                     timeout=5.0,
                 )
@@ -218,16 +226,29 @@ class Mediator:
             return False
 
     async def _on_interlock(self, msg: Message) -> Any:
-        deal_id = (msg.payload or {}).get("dealId") if isinstance(msg.payload, dict) else None
+        body = msg.payload if isinstance(msg.payload, dict) else {}
+        deal_id = body.get("dealId")
         if not deal_id:
             return False
         if msg.headers.get(subjects.COMMAND) == "acquire":
             if deal_id in self.state.deal_ids or self.state.busy:
                 return False
+            direction = "CHARGE" if body.get("chargeUnitId") == self.unit_id else "DISCHARGE"
+            # a gateway's shared battery: one process per direction (section 12.6)
+            if self.capacity is not None and not self.capacity.acquire(direction):
+                return False
             self.state.deal_ids.append(deal_id)
+            self.directions[deal_id] = direction
             return True
         if deal_id in self.state.deal_ids:
             self.state.deal_ids.remove(deal_id)
+        direction = self.directions.pop(str(deal_id), "")
+        if (
+            direction
+            and self.capacity is not None
+            and direction not in self.directions.values()
+        ):
+            self.capacity.release(direction)
         return True
 
     async def _on_deals(self, msg: Message) -> Any:

@@ -3,6 +3,18 @@ elected, its Grid Master, all owned by one TaskGroup.
 
     unit = Unit(files, driver=driver, bus=hub.connect("E001"))
     await unit.run()          # until cancelled (or a fatal error shuts it down)
+
+Beyond part 1: the error collection and local handling loop (`apis.unit.errorhandling`), the
+operation modes (`apis.unit.modes`), the orderly shutdown of spec 1.4 (`apis.shutdown.all`,
+`apis.<id>.shutdown`, a local FATAL error): ask the Grid Master to stop this unit's deals and
+wait, converter to Waiting, mark stopping, deactivate a local Grid Master, end; reset-local
+and reset-all (11.5); gateway battery locks (12.6); and hwConfig, policy and scenario re-read
+every `refreshingPeriodMsec`.
+
+A re-read policy that differs from the one in use is applied only if it equals the cluster's
+(the shared `policy` key); otherwise it is refused with a USER/LOCAL/WARN and the unit keeps
+the policy it started with. (The original applied it silently without comparing, so units
+could drift apart; to change the policy, stop every unit, or replace the shared key.)
 """
 
 from __future__ import annotations
@@ -13,20 +25,26 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from apis.bus.base import Bus, BusError, KeyExists, Message, NoHandlers, Subscription
-from apis.config.loader import UnitFiles
+from apis.config.errors import Problem
+from apis.config.hwconfig import HwConfig
+from apis.config.loader import UnitFiles, load_model, load_scenario
 from apis.config.policy import Policy
 from apis.hardware.driver import DeviceDriver, DriverError
 from apis.unit import subjects
+from apis.unit.capacity import BatteryCapacityLocks
 from apis.unit.controller import Controller
 from apis.unit.data import deal_interlock_capacity
 from apis.unit.deallog import DealLog
 from apis.unit.election import ActivationFailed, Election
+from apis.unit.errorhandling import ErrorHandling
 from apis.unit.errors import ErrorRecord
 from apis.unit.gridmaster import GridMaster
 from apis.unit.mediator import Mediator
+from apis.unit.modes import OperationModes
 from apis.unit.registry import Registry
 from apis.unit.state import UnitState
 from apis.unit.userservice import UserService
@@ -35,7 +53,12 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_INTERFACE_MAJOR = "2"
 POLICY_KEY = "policy"
-RESET_ALL = "apis.reset.all"
+RESET_ALL = subjects.RESET_ALL
+
+
+def canonical(policy: Policy) -> str:
+    """The policy as compared across the cluster: canonical JSON (sorted keys)."""
+    return json.dumps(policy.to_json(), sort_keys=True, separators=(",", ":"))
 
 
 class StartupFailed(Exception):
@@ -87,6 +110,16 @@ class Unit:
         self.ready = asyncio.Event()
         self.fatal: ErrorRecord | None = None
         self.grid_master_history: list[tuple[float, str, int]] = []  # (time, event, epoch)
+        self.errors: ErrorHandling | None = None
+        self.modes: OperationModes | None = None
+        self.capacity = BatteryCapacityLocks(self.config)
+        self.shutdown_started = False
+        self.exited = False
+        self.refused_policy: str | None = None  # why a re-read policy was not applied
+        # what the files held when last read: a re-read applies only what changed in them
+        self._read_hw = files.hw_config
+        self._read_scenario = files.scenario
+        self._read_policy = canonical(files.policy)
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -102,6 +135,10 @@ class Unit:
                 self._spawn("deal logging", self.mediator.deal_logging_loop)
                 self._spawn("grid master watch", self.election.watch_loop)
                 self._spawn("helo", self._helo_loop)
+                assert self.errors is not None and self.modes is not None
+                self._spawn("error handling", self.errors.handling_loop)
+                self._spawn("operation mode watch", self.modes.watch_loop)
+                self._spawn("file refresh", self._refresh_loop)
                 self.state.started = True
                 self.ready.set()
                 await self._shutdown.wait()
@@ -113,6 +150,8 @@ class Unit:
         finally:
             self.state.stopping = True
             await self._clean_up()
+            self.capacity.release_all()
+            self.exited = True
 
     def shutdown(self) -> None:
         """Ask the unit to stop (its `run` returns)."""
@@ -155,14 +194,36 @@ class Unit:
                     f"(must be {SUPPORTED_INTERFACE_MAJOR}.x)"
                 )
         self.registry = registry = await Registry.open(self.bus)
-        # Every unit of a cluster must run the same policy (compared in canonical form).
-        mine = json.dumps(self.policy.to_json(), sort_keys=True, separators=(",", ":"))
+        # Every unit of a cluster must run the same policy (compared in canonical JSON, so
+        # key order does not matter; the original compared its compact serialisation).
+        mine = canonical(self.policy)
         try:
             await registry.state.create(POLICY_KEY, mine)
         except KeyExists:
             entry = await registry.state.get(POLICY_KEY)
             if entry is not None and entry.value != mine:
                 raise StartupFailed("my POLICY is different from cluster's") from None
+        self.errors = errors = ErrorHandling(
+            state=self.state,
+            policy=self.policy,
+            bus=self.bus,
+            registry=registry,
+            instance_id=self.instance_id,
+            stop_local=self._stop_local,
+            deactivate_grid_master=self.stop_grid_master,
+            reset_local=self.reset_local,
+            shutdown_local=self.shutdown,
+            global_sink=self._global_sink,
+        )
+        self.modes = OperationModes(
+            state=self.state,
+            config=self.config,
+            policy=self.policy,
+            bus=self.bus,
+            registry=registry,
+            now_iso=self.now_iso,
+            on_global_change=self._global_mode_changed,
+        )
         self.controller = Controller(
             config=self.config,
             hw=self.hw,
@@ -172,6 +233,7 @@ class Unit:
             registry=registry,
             state=self.state,
             rng=self.rng,
+            report=errors.report,
         )
         self.user = UserService(
             state=self.state,
@@ -180,6 +242,7 @@ class Unit:
             scenario=self.scenario,
             controller=self.controller,
             bus=self.bus,
+            capacity=self.capacity,
         )
         self.mediator = Mediator(
             state=self.state,
@@ -190,6 +253,7 @@ class Unit:
             controller=self.controller,
             deal_log=self.deal_log,
             rng=self.rng,
+            capacity=self.capacity,
         )
         self.election = Election(
             state=self.state,
@@ -202,7 +266,7 @@ class Unit:
             voltage_reference_unit=self._voltage_reference_unit,
         )
         await self.controller.acquire()
-        self.state.global_mode = await registry.global_mode(self.policy.operation_mode)
+        await self.modes.load()
         subs = self._subscriptions
         subs.append(await self.bus.subscribe(subjects.helo(self.unit_id), self._on_helo))
         subs.extend(await self.controller.subscribe())
@@ -210,6 +274,10 @@ class Unit:
         subs.extend(await self.mediator.subscribe())
         subs.extend(await self.election.subscribe())
         subs.append(await self.bus.subscribe(RESET_ALL, self._on_reset_all))
+        subs.extend(await errors.subscribe())
+        subs.extend(await self.modes.subscribe())
+        subs.append(await self.bus.subscribe(subjects.SHUTDOWN_ALL, self._on_shutdown))
+        subs.append(await self.bus.subscribe(subjects.shutdown(self.unit_id), self._on_shutdown))
 
     async def _clean_up(self) -> None:
         tasks = [t for t in [*self._tasks, self._gm_task] if t is not None]
@@ -245,30 +313,178 @@ class Unit:
     async def _on_helo(self, msg: Message) -> Any:
         if msg.reply is not None:
             return self.unit_id
-        if msg.payload != self.instance_id and self.fatal is None:
-            self.fatal = ErrorRecord(
-                self.unit_id, "USER", "LOCAL", "FATAL", "another unit with same id",
-                asyncio.get_running_loop().time(),
+        if msg.payload != self.instance_id and self.fatal is None and self.errors is not None:
+            # handled by the local loop: stop deals, converter to WAIT, shut down
+            self.fatal = await self.errors.report(
+                "USER", "LOCAL", "FATAL", "another unit with same id"
             )
-            log.error("%s", self.fatal)
-            if self.controller is not None:
-                try:
-                    await self.controller.stop_local()
-                except Exception as e:
-                    log.error("%s: stop on fatal error failed: %s", self.unit_id, e)
-            self.shutdown()
         return None
 
     async def _on_reset_all(self, msg: Message) -> Any:
         """Section 11.5: forget coordination state; a Grid Master is elected afresh."""
         await self.stop_grid_master()
         self.state.deal_ids.clear()
+        self.capacity.release_all()
         if self.registry is not None:
             try:
                 await self.registry.clear_grid_master()
             except BusError:
                 pass
         return None
+
+    async def reset_local(self) -> None:
+        """Section 11.5, this unit only: stop a local Grid Master; forget deal interlocks no
+        deal in the registry still needs; clear a Grid Master lock nobody answers for."""
+        await self.stop_grid_master()
+        registry, election = self.registry, self.election
+        if registry is None or election is None:
+            return
+        try:
+            mine = {s.deal.deal_id for s in await registry.all_deals()
+                    if s.deal.involves(self.unit_id)}
+            if not mine:
+                self.state.deal_ids.clear()
+                self.capacity.release_all()
+            lock = await registry.grid_master()
+            if lock is not None and await election.current_grid_master() is None:
+                await registry.release_grid_master(lock.unit_id)
+        except BusError as e:
+            log.warning("%s: reset local: %s", self.unit_id, e)
+
+    # ---- errors, modes, shutdown ------------------------------------------------------------
+
+    def _global_sink(self, record: ErrorRecord) -> None:
+        gm = self.grid_master
+        if gm is not None:
+            gm.take_error(record)
+
+    def _global_mode_changed(self, mode: str) -> None:
+        gm = self.grid_master
+        if gm is not None:
+            gm.mode_changed(mode)
+
+    def now_iso(self) -> str:
+        """The unit's clock (the driver's time, advanced by loop time since the read)."""
+        controller = self.controller
+        data = controller.data if controller is not None else None
+        if data is None or controller is None:
+            return ""
+        elapsed = asyncio.get_running_loop().time() - controller.acquired_at
+        return (data.time + timedelta(seconds=max(0.0, elapsed))).isoformat(
+            timespec="milliseconds"
+        )
+
+    async def _stop_local(self) -> Any:
+        assert self.controller is not None
+        return await self.controller.stop_local()
+
+    async def _report_unit_error(self, unit_id: str, message: str) -> None:
+        if self.errors is not None:
+            await self.errors.report("HARDWARE", "LOCAL", "ERROR", message, unit_id=unit_id)
+
+    async def _budo_stop(self, by: str) -> None:
+        assert self.modes is not None
+        await self.modes.set_global("stop", by)
+
+    async def _on_shutdown(self, msg: Message) -> Any:
+        self.begin_shutdown(f"shutdown requested ({msg.subject})")
+        return "ok"
+
+    def begin_shutdown(self, reason: str) -> None:
+        """Start the orderly shutdown (once), as a task this unit owns."""
+        if self.shutdown_started or self._tg is None:
+            return
+        self.shutdown_started = True
+        self._tasks.append(self._tg.create_task(self.orderly_shutdown(reason)))
+
+    async def orderly_shutdown(self, reason: str) -> None:
+        """Spec 1.4: AskAndWaitForStopDeals -> StopLocal -> stopping -> DeactivateGridMaster
+        -> exit."""
+        log.warning("%s: orderly shutdown: %s", self.unit_id, reason)
+        assert self.errors is not None
+        try:
+            await self.errors.ask_and_wait_for_stop_deals([f"{self.unit_id} : {reason}"])
+            try:
+                await self._stop_local()
+            except Exception as e:
+                log.error("%s: shutdown: converter stop failed: %s", self.unit_id, e)
+            self.state.stopping = True
+            await self.stop_grid_master()
+        finally:
+            self.shutdown()
+
+    # ---- file refresh --------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            period = min(
+                self.policy.refreshing_period_msec,
+                self.hw.refreshing_period_msec,
+                self.scenario.refreshing_period_msec or self.policy.refreshing_period_msec,
+            )
+            await asyncio.sleep(period / 1000)
+            await self.refresh_files()
+
+    async def refresh_files(self) -> None:
+        """Re-read hwConfig, scenario and policy; a broken file keeps the cached copy."""
+        files = self.files
+        problems: list[Problem] = []
+        hw = load_model(HwConfig, files.hw_config_path, "hwConfig.json", problems)
+        if hw is not None and hw != self._read_hw:
+            self._read_hw = self.hw = hw
+            for service in (self.controller, self.user):
+                if service is not None:
+                    service.hw = hw
+        scenario = load_scenario(files.scenario_path, "scenario.json", problems)
+        if (
+            scenario is not None
+            and self.user is not None
+            and scenario.to_json() != self._read_scenario.to_json()
+        ):
+            self._read_scenario = self.scenario = scenario
+            self.user.scenario = scenario
+        policy = load_model(Policy, files.policy_path, "policy.json", problems)
+        if policy is not None and canonical(policy) != self._read_policy:
+            if canonical(policy) != canonical(self.policy):
+                await self._offer_policy(policy)
+            if self.refused_policy is None:
+                self._read_policy = canonical(policy)
+        for problem in problems:
+            if self.errors is not None:
+                await self.errors.report(
+                    "USER", "LOCAL", "WARN", f"re-read failed, cached copy kept: {problem}"
+                )
+
+    async def _offer_policy(self, policy: Policy) -> None:
+        registry = self.registry
+        if registry is None:
+            return
+        try:
+            entry = await registry.state.get(POLICY_KEY)
+        except BusError:
+            return
+        if entry is None or entry.value != canonical(policy):
+            why = "policy.json changed but differs from the cluster's policy: not applied"
+            if self.refused_policy != why and self.errors is not None:
+                await self.errors.report("USER", "LOCAL", "WARN", why)
+            self.refused_policy = why
+            return
+        self.refused_policy = None
+        self.apply_policy(policy)
+
+    def apply_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        services: list[Any] = [
+            self.controller, self.user, self.mediator, self.election, self.errors,
+            self.grid_master,
+        ]
+        for service in services:
+            if service is not None:
+                service.policy = policy
+        if self.grid_master is not None:
+            self.grid_master.execution.policy = policy
+        if self.modes is not None:
+            self.modes.policy_changed(policy)
 
     # ---- the Grid Master on this unit -----------------------------------------------------
 
@@ -298,6 +514,10 @@ class Unit:
                 policy=self.policy,
                 mediator=self.mediator,
                 request_ensure=self.election.request_ensure,
+                global_mode=lambda: self.state.global_mode,
+                budo_stop=self._budo_stop,
+                report_unit_error=self._report_unit_error,
+                stopping=lambda: self.state.stopping,
             )
             self.grid_master = gm
             self.state.is_grid_master = True

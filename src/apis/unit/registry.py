@@ -1,9 +1,13 @@
 """The cluster's shared state in the bus key-value store.
 
-- The Grid Master lock (`gridMasterUnitId` in bucket `apis_state`), taken with
-  create-if-absent. Its revision is the *fencing token* (epoch): every converter command
-  carries it, and a Controller refuses a command whose epoch is older than one it has seen
-  or is not the lock's present revision.
+- The Grid Master lock, a *lease*: key `gridMasterUnitId` in bucket `apis_grid_master`,
+  whose entries expire `GRID_MASTER_LEASE_TTL_S` after their last write. It is taken with
+  create-if-absent; the revision of that create is the *fencing token* (epoch), stored in
+  the value (``{"unitId": "E001", "epoch": 17}``) because every renewal (a compare-and-set
+  rewrite, see `apis.unit.lease`) gives the entry a new revision. Every converter command
+  carries the epoch, and a Controller refuses a command whose epoch is older than one it has
+  seen or is not the present lock's. A Grid Master that dies stops renewing: the key
+  expires and the other units (watching it) elect a new one with a higher epoch.
 - The global operation mode (`operationMode` in `apis_state`).
 - The deal registry (bucket `apis_deals`, key = dealId), updated by compare-and-set on the
   revision so a concurrent change makes an update fail instead of being lost.
@@ -13,13 +17,19 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from apis.bus.base import Bus, KeyExists, KeyValue, RevisionMismatch
+from apis.bus.base import JSON, Bus, BusError, Entry, KeyExists, KeyValue, RevisionMismatch
 from apis.unit.deal import Deal
 
+log = logging.getLogger(__name__)
+
 STATE_BUCKET = "apis_state"
+GRID_MASTER_BUCKET = "apis_grid_master"
+GRID_MASTER_LEASE_TTL_S = 4.0
 DEALS_BUCKET = "apis_deals"
 NEED_TO_STOP_BUCKET = "apis_need_to_stop"
 GRID_MASTER_KEY = "gridMasterUnitId"
@@ -31,7 +41,24 @@ OPERATION_MODES = ("autonomous", "heteronomous", "stop", "manual")
 @dataclass(frozen=True, slots=True)
 class GridMasterLock:
     unit_id: str
-    epoch: int  # the lock entry's revision: the fencing token
+    epoch: int  # the revision that created the lock: the fencing token
+    revision: int = 0  # the entry's present revision (renewals advance it)
+
+    def to_json(self) -> JSON:
+        return {"unitId": self.unit_id, "epoch": self.epoch}
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> GridMasterLock | None:
+        value = entry.value
+        if isinstance(value, str):  # just created, not yet stamped: its own revision
+            return cls(value, entry.revision, entry.revision)
+        if isinstance(value, dict) and isinstance(value.get("unitId"), str):
+            epoch = value.get("epoch")
+            return cls(
+                value["unitId"], epoch if isinstance(epoch, int) else entry.revision,
+                entry.revision,
+            )
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +70,13 @@ class StoredDeal:
 class Registry:
     """Typed access to the shared buckets; open it once per unit with `open`."""
 
-    def __init__(self, state: KeyValue, deals: KeyValue, need_to_stop: KeyValue) -> None:
+    def __init__(
+        self, state: KeyValue, deals: KeyValue, need_to_stop: KeyValue, grid_master: KeyValue
+    ) -> None:
         self.state = state
         self.deals = deals
         self.need_to_stop = need_to_stop
+        self.grid_master_kv = grid_master
 
     @classmethod
     async def open(cls, bus: Bus) -> Registry:
@@ -54,34 +84,58 @@ class Registry:
             await bus.kv(STATE_BUCKET),
             await bus.kv(DEALS_BUCKET),
             await bus.kv(NEED_TO_STOP_BUCKET, ttl=NEED_TO_STOP_TTL_S),
+            await bus.kv(GRID_MASTER_BUCKET, ttl=GRID_MASTER_LEASE_TTL_S),
         )
 
     # ---- Grid Master lock ----------------------------------------------------------------
 
     async def grid_master(self) -> GridMasterLock | None:
-        entry = await self.state.get(GRID_MASTER_KEY)
-        if entry is None or not isinstance(entry.value, str):
-            return None
-        return GridMasterLock(entry.value, entry.revision)
+        entry = await self.grid_master_kv.get(GRID_MASTER_KEY)
+        return None if entry is None else GridMasterLock.from_entry(entry)
 
     async def acquire_grid_master(self, unit_id: str) -> GridMasterLock:
-        """Take the lock; raise KeyExists when anybody (even `unit_id`) holds it."""
-        revision = await self.state.create(GRID_MASTER_KEY, unit_id)
-        return GridMasterLock(unit_id, revision)
+        """Take the lease; raise KeyExists when anybody (even `unit_id`) holds it.
+
+        The create's revision becomes the epoch, stamped into the value at once (a lock
+        read before the stamp gets the same epoch from the revision).
+        """
+        revision = await self.grid_master_kv.create(GRID_MASTER_KEY, unit_id)
+        return await self.renew_grid_master(GridMasterLock(unit_id, revision, revision))
+
+    async def renew_grid_master(self, lock: GridMasterLock) -> GridMasterLock:
+        """Rewrite the lease by compare-and-set (its TTL starts again); RevisionMismatch when
+        it expired, was cleared or was taken by somebody else meanwhile."""
+        revision = await self.grid_master_kv.update(
+            GRID_MASTER_KEY, lock.to_json(), lock.revision
+        )
+        return GridMasterLock(lock.unit_id, lock.epoch, revision)
 
     async def release_grid_master(self, unit_id: str) -> bool:
-        """Release the lock if `unit_id` holds it; True if released."""
-        lock = await self.grid_master()
-        if lock is None or lock.unit_id != unit_id:
-            return False
+        """Release the lease if `unit_id` holds it; True if released.
+
+        A bus failure is logged, not raised: the lease then expires by itself.
+        """
         try:
-            await self.state.delete(GRID_MASTER_KEY, revision=lock.epoch)
+            lock = await self.grid_master()
+            if lock is None or lock.unit_id != unit_id:
+                return False
+            await self.grid_master_kv.delete(GRID_MASTER_KEY, revision=lock.revision)
         except RevisionMismatch:
+            return False
+        except BusError as e:
+            log.warning("%s: Grid Master lease not released (it will expire): %s", unit_id, e)
             return False
         return True
 
     async def clear_grid_master(self) -> None:
-        await self.state.delete(GRID_MASTER_KEY)
+        await self.grid_master_kv.delete(GRID_MASTER_KEY)
+
+    async def grid_master_changes(self) -> AsyncIterator[GridMasterLock | None]:
+        """The lease now, then on every change: None when it was released or expired."""
+        async for change in self.grid_master_kv.watch(GRID_MASTER_KEY):
+            if change.key != GRID_MASTER_KEY:
+                continue
+            yield None if change.entry is None else GridMasterLock.from_entry(change.entry)
 
     # ---- operation mode ------------------------------------------------------------------
 

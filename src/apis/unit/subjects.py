@@ -1,4 +1,34 @@
-"""Bus subjects (spec 1.5) and header names, in one place."""
+"""Bus subjects (spec 1.5) and header names, in one place.
+
+Operations interface (for the web UI and other tools; payloads are JSON):
+
+- `apis.operationMode` (any unit answers one request): header ``command=set``, body = the
+  global mode (``"autonomous"`` | ``"heteronomous"`` | ``"stop"`` | ``"manual"``, or null to
+  fall back to the policy's mode) -> reply = the handling unit's ID; an invalid value fails
+  (RemoteFailure naming the value). Any other ``command`` -> reply = the global mode. Optional
+  header ``operator`` names who changed it. Stored as the plain string at key
+  ``operationMode`` of bucket ``apis_state`` (watched by every unit), with an audit record at
+  key ``operationMode.audit``: ``{"mode", "previous", "by", "at" (ISO 8601), "unitId"}``.
+  Run / Soft Stop / Force Stop / Manual = autonomous / heteronomous / stop / manual; see
+  `apis.unit.modes` for what each does to running deals and converters.
+- `apis.<id>.operationMode`: header ``command=set``, body null | ``"heteronomous"`` |
+  ``"stop"`` -> reply = ``<id>``; persisted to ``stateFileFormat % "operationMode"``.
+  Otherwise -> reply = the local mode (null or a string). The unit data reports
+  ``apis.operation_mode.{global,local,effective}``.
+- `apis.<id>.Controller.control.manual`: header ``operator``; body ``{"command": "WAIT" |
+  "VOLTAGE_REFERENCE" | "CHARGE" | "DISCHARGE", "params": {"gridVoltageV"?, "gridCurrentA"?}}``
+  -> reply = the unit's ``dcdc`` object. Refused unless the unit's effective mode is
+  ``manual``; limits are checked as for every command; VOLTAGE_REFERENCE is refused while the
+  grid already carries a voltage (another source may hold it).
+- `apis.<id>.shutdown` (request -> ``"ok"``) and `apis.shutdown.all` (publish): the orderly
+  shutdown of spec 1.4 (ask the Grid Master to stop this unit's deals, converter to Waiting,
+  Grid Master deactivated, process ends).
+- `apis.error` (publish): an error object ``{unitId, category, extent, level, message}``; the
+  named unit handles LOCAL errors, the Grid Master the others.
+- `apis.reset.all` (publish): every unit forgets its coordination state (spec 11.5).
+- `apis.Controller.scram` (publish, header ``excludeVoltageReference``): converters to
+  Waiting.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +40,12 @@ URGENT = "urgent"
 COMMAND = "command"
 UNIT_ID = "unitId"
 EXCLUDE_VOLTAGE_REFERENCE = "excludeVoltageReference"
+OPERATOR = "operator"
+ORIGIN = "apisOrigin"  # ours: the instance that published an error (it cached it already)
+
+OPERATION_MODE = "apis.operationMode"
+SHUTDOWN_ALL = "apis.shutdown.all"
+RESET_ALL = "apis.reset.all"
 
 CONTROLLER_DATA_ALL = "apis.Controller.data.all"
 CONTROLLER_SCRAM = "apis.Controller.scram"
@@ -51,3 +87,15 @@ def grid_master_activate(unit_id: str) -> str:
 
 def grid_master_deactivate(unit_id: str) -> str:
     return f"apis.{unit_id}.Mediator.gridMaster.deactivate"
+
+
+def operation_mode(unit_id: str) -> str:
+    return f"apis.{unit_id}.operationMode"
+
+
+def shutdown(unit_id: str) -> str:
+    return f"apis.{unit_id}.shutdown"
+
+
+def controller_control_manual(unit_id: str) -> str:
+    return f"apis.{unit_id}.Controller.control.manual"

@@ -18,6 +18,7 @@ from apis.config.policy import Policy
 from apis.config.scenario import Scenario, ScenarioBlock
 from apis.hardware.driver import UnitData
 from apis.unit import subjects
+from apis.unit.capacity import BatteryCapacityLocks
 from apis.unit.controller import Controller
 from apis.unit.state import UnitState
 from apis.unit.user import (
@@ -42,8 +43,10 @@ class UserService:
         scenario: Scenario,
         controller: Controller,
         bus: Bus,
+        capacity: BatteryCapacityLocks | None = None,
     ) -> None:
         self.state = state
+        self.capacity = capacity
         self.hw = hw
         self.policy = policy
         self.scenario = scenario
@@ -91,6 +94,12 @@ class UserService:
             return self._refuse("busy")
         return True
 
+    def battery_capacity_test(self, direction: str) -> bool:
+        """Section 12.6: may this process use the shared battery in `direction` now?"""
+        if self.capacity is None or self.capacity.test(direction):
+            return True
+        return self._refuse(f"battery capacity locked for {direction}")
+
     def _refuse(self, why: str) -> bool:
         self.last_refusal = why
         return False
@@ -135,7 +144,9 @@ class UserService:
         except ScenarioEvaluationError as e:
             log.warning("(USER:LOCAL:WARN:%s) %s", self.unit_id, e)
             return None
-        return self._complete(offer, data) if offer is not None else None
+        if offer is None or not self.battery_capacity_test(str(offer["type"])):
+            return None
+        return self._complete(offer, data)
 
     async def accept_for(self, request: Offer) -> Offer | None:
         """The accept for a foreign request, or None (section 3.2)."""
@@ -152,11 +163,15 @@ class UserService:
         except ScenarioEvaluationError as e:
             log.warning("(USER:LOCAL:WARN:%s) %s", self.unit_id, e)
             return None
-        return self._complete(offer, data) if offer is not None else None
+        if offer is None or not self.battery_capacity_test(str(offer["type"])):
+            return None
+        return self._complete(offer, data)
 
     async def choose(self, request: Offer, accepts: list[Offer]) -> Offer | None:
         """The accept to take for this unit's own request (section 3.3)."""
         if not accepts or not await self.may_trade():
+            return None
+        if not self.battery_capacity_test(str(request.get("type", ""))):
             return None
         data = self.controller.data
         at = data.time.strftime("%H:%M:%S") if data is not None else "00:00:00"

@@ -48,6 +48,51 @@ class BatteryCapacityManagement(ConfigModel):
     enabled: bool = False
 
 
+class BusTls(ConfigModel):
+    """TLS to the NATS servers: the CA that signed them, and this unit's own certificate and
+    key when the servers verify clients. Relative paths are relative to config.json."""
+
+    ca_file: str = Field(min_length=1)
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> BusTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("certFile and keyFile (give both or neither)")
+        return self
+
+
+class BusConfig(ConfigModel):
+    """Ours, not in the original: the NATS servers of the cluster bus (`apis unit`).
+
+    With `tls` every server URL must be ``tls://``: a unit never falls back to a plain
+    connection. `user`/`password` or `credsFile` (a NATS ``.creds`` file) authenticate it.
+    """
+
+    servers: list[str] = Field(default=["nats://127.0.0.1:4222"], min_length=1)
+    tls: BusTls | None = None
+    user: str | None = None
+    password: str | None = None
+    creds_file: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BusConfig:
+        for url in self.servers:
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if scheme not in ("nats", "tls"):
+                raise ValueError(f"servers: {url!r} (must start with nats:// or tls://)")
+            if self.tls is not None and scheme != "tls":
+                raise ValueError(
+                    f"servers: {url!r} is plain but tls is configured (use tls://)"
+                )
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password (give both or neither)")
+        if self.user is not None and self.creds_file is not None:
+            raise ValueError("user/password and credsFile (give one way to authenticate)")
+        return self
+
+
 class UnitConfig(ConfigModel):
     program_id: str = "apis-main"
     community_id: str = "NA"
@@ -68,6 +113,7 @@ class UnitConfig(ConfigModel):
     control_center: ControlCenter = ControlCenter()
     watchdog: Watchdog = Watchdog()
     battery_capacity_management: BatteryCapacityManagement = BatteryCapacityManagement()
+    bus: BusConfig | None = None  # ours: the NATS servers (None: the in-memory bus or defaults)
 
     @model_validator(mode="before")
     @classmethod

@@ -4,8 +4,10 @@ Original routes (spec 2.2, same JSON shapes, so the original apis-main with
 `systemType: dcdc_emulator` runs unchanged): `/get/unit/<id>`, `/get/dcdc/status/<id>`,
 `/set/dcdc/<id>`, `/set/dcdc/voltage/<id>`, `/set/dcdc/current/<id>`, `/get/emu/<id>`,
 `/get/dcdc/<id>`, `/set/emu/<id>?key=value`, `/get/acc`, `/set/acc/<n>`, `/add/unit`,
-`/remove/unit`, `/get/log`. Each unit is also served with the Device Driver Web API
-(`dcdc_v2`) under `/units/<id>/` (e.g. `/units/E001/all/get`).
+`/remove/unit`, `/get/log`. Ours, read only: `/get/conflicts`, every voltage conflict (two or
+more references, one of them stiff, on one live part of the grid: the error the Grid Master
+exists to prevent) and droop parallel (a CV transfer) seen so far. Each unit is also served
+with the Device Driver Web API (`dcdc_v2`) under `/units/<id>/` (e.g. `/units/E001/all/get`).
 
 Unlike the original: an unknown unit is 404 `{"err": ...}`, a bad request is 400
 `{"err": ...}` (never a frozen clock), commands are checked against the unit's limits, and
@@ -358,6 +360,34 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
         async def work() -> dict[str, Any]:
             world.sync()
             return service.log_json()
+
+        return await _answer(work)
+
+    @app.get("/get/conflicts")
+    async def get_conflicts() -> JSONResponse:
+        async def work() -> dict[str, Any]:
+            world.sync()
+            return {
+                "active": world.voltage_conflict_active,
+                "voltageConflicts": [
+                    {
+                        "unitIds": list(c.unit_ids),
+                        "startS": c.time_s,
+                        "endS": c.end_s,
+                        "fightCurrentA": c.fight_current_a,
+                    }
+                    for c in world.voltage_conflicts
+                ],
+                "droopParallels": [
+                    {
+                        "unitIds": list(p.unit_ids),
+                        "startS": p.time_s,
+                        "endS": p.end_s,
+                        "circulatingCurrentA": p.circulating_current_a,
+                    }
+                    for p in world.droop_parallels
+                ],
+            }
 
         return await _answer(work)
 

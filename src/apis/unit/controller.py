@@ -228,7 +228,11 @@ class Controller:
         return None
 
     async def _on_control(self, msg: Message) -> Any:
-        await self._check_grid_master(msg.headers)
+        try:
+            await self._check_grid_master(msg.headers)
+        except CommandError as e:  # fencing: a stale or foreign Grid Master is refused
+            log.error("(LOGIC:LOCAL:ERROR:%s) converter command refused: %s", self.unit_id, e)
+            raise
         body = msg.payload if isinstance(msg.payload, dict) else {}
         command = str(body.get("command", ""))
         params = body.get("params") or {}

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import httpx
@@ -251,6 +253,9 @@ async def test_operation_mode_read(env: Env) -> None:
         ("POST", "/api/errors", {"unitId": "E001", "category": "USER", "extent": "LOCAL",
                                  "level": "WARN"}),
         ("GET", "/api/auth", None),
+        ("PUT", "/api/schedules", {"softStopAt": "2099-01-01T00:00:00+00:00"}),
+        ("DELETE", "/api/schedules", None),
+        ("GET", "/setSchedule?value=2099-01-01T00:00:00%2B00:00", None),
         ("GET", "/active", None),
         ("GET", "/quiet", None),
         ("GET", "/stop", None),
@@ -277,6 +282,7 @@ async def test_actions_need_the_token(env: Env, method: str, path: str,
     assert env.fake.global_mode == "autonomous" and env.fake.local["E001"] is None
     assert not env.fake.manual_commands and not env.fake.created and not env.fake.errors
     assert not env.fake.shutdowns and env.fake.scrams == 0
+    assert env.ops.schedules_json() == []
 
 
 async def test_token_check_route(env: Env) -> None:
@@ -328,6 +334,16 @@ async def test_mode_changed_by_the_cluster_is_recorded(env: Env) -> None:
     await env.ops.refresh()
     modes = (await env.client.get("/api/operation-mode")).json()
     assert modes["global"] == "stop" and modes["changedBy"] == "cluster"
+    # With the units' audit record, the change names who made it.
+    kv = await env.fake.bus.kv("apis_state")
+    audit = {"mode": "heteronomous", "previous": "stop", "by": "tester",
+             "at": "2026-01-01T10:00:00", "unitId": "E002"}
+    await kv.put("operationMode.audit", audit)
+    await env.fake.set_stored_mode("heteronomous")
+    await env.ops.refresh()
+    modes = (await env.client.get("/api/operation-mode")).json()
+    assert modes["global"] == "heteronomous" and modes["changedBy"] == "tester"
+    assert modes["audit"] == audit
 
 
 async def test_set_local_mode(env: Env) -> None:
@@ -597,3 +613,94 @@ async def test_compat_set_operation_mode(env: Env) -> None:
     r = await c.get("/setOperationMode", params={"value": "stop", "unitId": "E9",
                                                   "token": TOKEN})
     assert r.json()["succeeded"] is False and "E9" in r.json()["error"]
+
+
+# ---- Soft Stop schedules ------------------------------------------------------------------
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()
+
+
+async def test_schedules_set_list_clear(env: Env) -> None:
+    c = env.client
+    assert (await c.get("/api/schedules")).json() == []
+    at = time.time() + 3600
+    r = await c.put("/api/schedules", json={"softStopAt": _iso(at)},
+                    headers={**AUTH, "X-APIS-Operator": "bob"})
+    assert r.status_code == 200, r.text
+    r = await c.put("/api/schedules", json={"unitId": "E002", "softStopAt": _iso(at + 60)},
+                    headers=AUTH)
+    assert r.status_code == 200
+    listed = (await c.get("/api/schedules")).json()
+    assert [(s["scope"], s["unitId"], s["by"]) for s in listed] == [
+        ("global", None, "bob"), ("E002", "E002", listed[1]["by"])]
+    assert abs(listed[0]["at"] - at) < 1e-3
+    compat_view = (await c.get("/schedules")).json()
+    assert set(compat_view) == {"", "E002"}
+    compat_at = datetime.fromisoformat(compat_view[""]["softStop"]).timestamp()
+    assert compat_at == pytest.approx(at, abs=1)
+    await env.ops.refresh()
+    assert len((await c.get("/api/cluster")).json()["schedules"]) == 2
+    r = await c.delete("/api/schedules", params={"unitId": "E002"}, headers=AUTH)
+    assert r.json() == {"removed": True}
+    r = await c.delete("/api/schedules", params={"unitId": "E002"}, headers=AUTH)
+    assert r.json() == {"removed": False}
+    r = await c.get("/setSchedule", params={"operation": "softStop", "token": TOKEN})
+    assert r.json() == {"removed": True}
+    assert (await c.get("/api/schedules")).json() == []
+    r = await c.get("/setSchedule", params={"operation": "softStop", "unitId": "E003",
+                                             "value": _iso(at), "token": TOKEN})
+    assert r.status_code == 200 and (await c.get("/schedules")).json().keys() == {"E003"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"softStopAt": "2001-01-01T00:00:00+00:00"}, 422),  # in the past
+        ({"softStopAt": "tomorrow"}, 422),
+        ({}, 422),
+        ({"unitId": "E999", "softStopAt": "2099-01-01T00:00:00+00:00"}, 404),
+    ],
+)
+async def test_schedule_bad_parameters(env: Env, body: dict[str, object], status: int) -> None:
+    r = await env.client.put("/api/schedules", json=body, headers=AUTH)
+    assert r.status_code == status, r.text
+    r = await env.client.get("/setSchedule", params={"operation": "shutDown",
+                                                      "value": "2099-01-01T00:00:00+00:00",
+                                                      "token": TOKEN})
+    assert r.status_code == 422
+    assert env.ops.schedules_json() == []
+
+
+async def test_due_schedules_run_once_and_are_removed(env: Env) -> None:
+    now = time.time()
+    await env.ops.set_schedule(None, now + 10, "bob")
+    await env.ops.set_schedule("E002", now + 10, "bob")
+    await env.ops.set_schedule("E003", now + 1000, "bob")
+    assert await env.ops.run_due_schedules(now) == []
+    assert sorted(await env.ops.run_due_schedules(now + 11)) == ["E002", "global"]
+    assert env.fake.global_mode == "heteronomous" and env.fake.local["E002"] == "heteronomous"
+    assert [s["scope"] for s in env.ops.schedules_json()] == ["E003"]
+    history = (await env.client.get("/api/operation-mode/history")).json()
+    assert {h["by"] for h in history[:2]} == {"schedule by bob"}
+
+
+async def test_due_schedule_does_nothing_unless_running(env: Env) -> None:
+    await env.fake.set_stored_mode("stop")
+    env.fake.local["E002"] = "stop"
+    await env.ops.refresh()
+    now = time.time()
+    await env.ops.set_schedule(None, now + 5, "bob")
+    await env.ops.set_schedule("E002", now + 5, "bob")
+    assert await env.ops.run_due_schedules(now + 6) == []
+    assert env.fake.global_mode == "stop" and env.fake.local["E002"] == "stop"
+    assert env.ops.schedules_json() == []  # removed all the same
+
+
+async def test_schedule_runs_on_time(env: Env) -> None:
+    r = await env.client.put("/api/schedules", json={"softStopAt": _iso(time.time() + 1.5)},
+                             headers=AUTH)
+    assert r.status_code == 200
+    await eventually(lambda: env.fake.global_mode == "heteronomous", timeout=15)
+    assert env.ops.schedules_json() == []

@@ -159,12 +159,6 @@ def test_mode_controls_confirm_and_set_the_global_mode(page: Any,
     assert [c["to"] for c in history][:3] == ["autonomous", "manual", "stop"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unit layer part 2 (operation modes) not there yet: global 'stop' only prevents "
-    "new deals; running deals continue until done, so converters do not go to WAIT within "
-    "the Force Stop bound",
-)
 def test_force_stop_leaves_every_converter_waiting_and_run_resumes(
     page: Any, cluster: ClusterThread
 ) -> None:

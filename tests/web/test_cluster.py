@@ -112,3 +112,88 @@ def test_history_modes_and_injection_on_a_real_cluster(tmp_path: Path) -> None:
         assert not world.voltage_conflicts
 
     clock.run(main, "virtual")
+
+
+def test_local_mode_and_manual_control_on_a_real_cluster(tmp_path: Path) -> None:
+    """Spec 13 scenarios 7 and 10 through the API: a local Force Stop shows as the unit's
+    effective mode; in Manual a CV command on E001 and a discharge on E002 drive the
+    converters; outside Manual the same command is refused."""
+
+    async def main() -> None:
+        config = load_cluster(default_cluster_dir())
+        world, cluster = emulated_cluster(config, deal_log_tmpdir=str(tmp_path))
+        async with cluster.running():
+            app = create_app(cluster.hub.connect("web"), token=TOKEN, world=world)
+            ops: Operations = app.state.ops
+            transport = httpx.ASGITransport(app=app)
+            async with ops.running(), httpx.AsyncClient(
+                transport=transport, base_url="http://test"
+            ) as c:
+                async def unit(unit_id: str) -> dict[str, object]:
+                    data: dict[str, object] = (await c.get(f"/api/units/{unit_id}")).json()[
+                        "data"]
+                    return data
+
+                async def units_ok() -> bool:
+                    return len((await c.get("/api/units")).json()["units"]) == 4
+
+                await until(units_ok, 300, "all four units")
+                r = await c.put("/api/units/E003/operation-mode", json={"mode": "stop"},
+                                headers=AUTH)
+                assert r.status_code == 200, r.text
+
+                async def e003_stopped() -> bool:
+                    modes = (await unit("E003"))["apis"]["operation_mode"]  # type: ignore[index]
+                    return modes == {"global": "autonomous", "local": "stop",
+                                     "effective": "stop"}
+
+                await until(e003_stopped, 60, "E003 local stop")
+                r = await c.put("/api/units/E003/operation-mode", json={"mode": None},
+                                headers=AUTH)
+                assert r.status_code == 200
+
+                cv = {"mode": "VOLTAGE_REFERENCE", "gridVoltageV": 350, "gridCurrentA": 2.3}
+                r = await c.post("/api/units/E001/dcdc", json=cv, headers=AUTH)
+                assert r.status_code == 409  # not in Manual
+                assert (await c.put("/api/operation-mode", json={"mode": "manual"},
+                                    headers=AUTH)).status_code == 200
+
+                async def all_waiting() -> bool:
+                    units = (await c.get("/api/units")).json()["units"].values()
+                    deals = (await c.get("/api/deals")).json()["deals"]
+                    return not deals and all(
+                        u["dcdc"]["status"]["status"] == "0x0000"
+                        and u["apis"]["operation_mode"]["effective"] == "manual" for u in units)
+
+                await until(all_waiting, 300, "Manual with every converter waiting")
+                # Let the grid voltage decay: a CV start is refused on a live grid.
+                await asyncio.sleep(60)
+                r = await c.post("/api/units/E001/dcdc", json=cv, headers=AUTH)
+                assert r.status_code == 200, r.text
+
+                async def grid_up() -> bool:
+                    meter = (await unit("E001"))["dcdc"]["meter"]  # type: ignore[index]
+                    return bool(abs(meter["vg"] - 350) <= 5)
+
+                # The operator's rule: let the grid voltage settle before the CC side starts.
+                await until(grid_up, 120, "the grid voltage from E001")
+                r = await c.post("/api/units/E002/dcdc",
+                                 json={"mode": "DISCHARGE", "gridVoltageV": 370,
+                                       "gridCurrentA": 1.0}, headers=AUTH)
+                assert r.status_code == 200, r.text
+
+                async def driven() -> bool:
+                    e1, e2 = await unit("E001"), await unit("E002")
+                    m1 = e1["dcdc"]["meter"]  # type: ignore[index]
+                    m2 = e2["dcdc"]["meter"]  # type: ignore[index]
+                    return (e1["dcdc"]["status"]["status"] == "0x0014"  # type: ignore[index]
+                            and e2["dcdc"]["status"]["status"] == "0x0002"  # type: ignore[index]
+                            and abs(m1["vg"] - 350) <= 5 and abs(m2["ig"] + 1.0) < 0.2)
+
+                await until(driven, 60, "E001 CV and E002 discharging 1 A")
+                r = await c.post("/api/units/E002/dcdc", json={"mode": "WAIT"}, headers=AUTH)
+                assert r.status_code == 200
+                r = await c.post("/api/units/E001/dcdc", json={"mode": "WAIT"}, headers=AUTH)
+                assert r.status_code == 200
+
+    clock.run(main, "virtual")

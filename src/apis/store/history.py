@@ -1,4 +1,5 @@
-"""History of a cluster in SQLite: finished deals, errors and operation-mode changes.
+"""History of a cluster in SQLite: finished deals, errors, operation-mode changes, and the
+scheduled Soft Stops.
 
 One small embedded database (stdlib `sqlite3`); ``:memory:`` by default (the demo), a file
 path when the history must survive a restart. Every record keeps its full JSON next to the
@@ -40,6 +41,13 @@ CREATE TABLE IF NOT EXISTS error (
     level TEXT NOT NULL,
     message TEXT NOT NULL,
     source TEXT NOT NULL           -- "cluster" (seen on the bus) or "injected"
+);
+CREATE TABLE IF NOT EXISTS schedule (
+    scope TEXT NOT NULL,           -- "global" or a unit id
+    operation TEXT NOT NULL,       -- "softStop"
+    at REAL NOT NULL,              -- wall-clock seconds it is due
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (scope, operation)
 );
 CREATE TABLE IF NOT EXISTS mode_change (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -93,6 +101,10 @@ class HistoryStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(self)
 
     # ---- deals ---------------------------------------------------------------------------
 
@@ -231,6 +243,46 @@ class HistoryStore:
     def last_mode_change(self, scope: str) -> ModeChange | None:
         changes = self.mode_changes(limit=1, scope=scope)
         return changes[0] if changes else None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    scope: str  # "global" or a unit id
+    operation: str  # "softStop"
+    at: float  # wall-clock seconds
+    created_by: str
+
+
+class ScheduleStore:
+    """Scheduled operations, one per scope and operation (setting again replaces it)."""
+
+    def __init__(self, history: HistoryStore) -> None:
+        self._history = history
+
+    def set(self, schedule: Schedule) -> None:
+        h = self._history
+        with h._lock:
+            h._db.execute(
+                "INSERT OR REPLACE INTO schedule VALUES (?, ?, ?, ?)",
+                (schedule.scope, schedule.operation, schedule.at, schedule.created_by),
+            )
+
+    def delete(self, scope: str, operation: str) -> bool:
+        h = self._history
+        with h._lock:
+            cursor = h._db.execute(
+                "DELETE FROM schedule WHERE scope = ? AND operation = ?", (scope, operation)
+            )
+        return cursor.rowcount > 0
+
+    def all(self) -> list[Schedule]:
+        h = self._history
+        with h._lock:
+            rows = h._db.execute("SELECT * FROM schedule ORDER BY at").fetchall()
+        return [Schedule(r["scope"], r["operation"], r["at"], r["created_by"]) for r in rows]
+
+    def due(self, now: float) -> list[Schedule]:
+        return [s for s in self.all() if s.at <= now]
 
 
 def _number(value: Any) -> float | None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -91,6 +92,18 @@ class DcdcIn(_Body):
         if self.gridCurrentA is not None:
             out["gridCurrentA"] = self.gridCurrentA
         return out
+
+
+class ScheduleIn(_Body):
+    unitId: str | None = Field(None, description="null: the whole cluster")
+    softStopAt: datetime = Field(description="ISO 8601 date-time; local time of the server "
+                                 "when it has no offset")
+
+    def epoch(self) -> float:
+        at = self.softStopAt
+        if at.tzinfo is None:
+            at = at.astimezone()  # the server's local time
+        return at.timestamp()
 
 
 class ErrorIn(_Body):
@@ -357,6 +370,46 @@ def create_app(
     async def shutdown_all(operator: Operator) -> dict[str, Any]:
         result: dict[str, Any] = await act(ops.shutdown(None, operator))
         return result
+
+    @app.get("/api/schedules", tags=["read"], summary="Scheduled Soft Stops")
+    async def schedules() -> list[dict[str, Any]]:
+        return ops.schedules_json()
+
+    @app.put("/api/schedules", tags=["control"],
+             summary="Schedule a Soft Stop of the cluster or of one unit (replaces one set "
+             "before); it runs once, only if the mode is still Run, then is removed")
+    async def set_schedule(body: ScheduleIn, operator: Operator) -> dict[str, Any]:
+        result: dict[str, Any] = await act(ops.set_schedule(body.unitId, body.epoch(),
+                                                            operator))
+        return result
+
+    @app.delete("/api/schedules", tags=["control"], summary="Clear a scheduled Soft Stop")
+    async def clear_schedule(operator: Operator, unitId: str | None = None) -> dict[str, Any]:
+        return {"removed": await ops.clear_schedule(unitId)}
+
+    @app.get("/schedules", tags=["compat"], summary="main_controller: scheduled Soft Stops")
+    async def compat_schedules() -> Response:
+        out: dict[str, dict[str, str]] = {}
+        for item in ops.schedules_json():
+            key = item["unitId"] or ""
+            at = datetime.fromtimestamp(item["at"]).astimezone().isoformat()
+            out.setdefault(key, {})["softStop"] = at
+        return compat(out)
+
+    @app.get("/setSchedule", tags=["compat"],
+             summary="main_controller: set (value) or clear (no value) a Soft Stop schedule")
+    async def compat_set_schedule(operator: Operator, operation: str = "softStop",
+                                  unitId: str = "", value: str = "") -> Response:
+        if operation != "softStop":
+            raise HTTPException(422, f"operation = {operation!r} (must be softStop)")
+        if not value:
+            return compat({"removed": await ops.clear_schedule(unitId or None)})
+        try:
+            body = ScheduleIn(unitId=unitId or None, softStopAt=value)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        result = await act(ops.set_schedule(body.unitId, body.epoch(), operator))
+        return compat(result)
 
     @app.post("/api/stop-all", tags=["control"],
               summary="Force Stop; WAIT to every converter if the cluster does not answer")

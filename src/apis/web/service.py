@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from apis.bus.base import Bus, BusError, KeyValue, Message, NoHandlers, Subscription
-from apis.store.history import HistoryStore, ModeChange, deal_ending
+from apis.store.history import HistoryStore, ModeChange, Schedule, deal_ending
 
 if TYPE_CHECKING:  # only the demo process has a world; the web app never builds one
     from apis.emulator.world import World
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 STATE_BUCKET = "apis_state"
 DEALS_BUCKET = "apis_deals"
 OPERATION_MODE_KEY = "operationMode"
+OPERATION_MODE_AUDIT_KEY = "operationMode.audit"  # written by the units: who, when, from, to
 GRID_MASTER_KEY = "gridMasterUnitId"
 
 GRID_MASTER_DATA_ALL = "apis.GridMaster.data.all"
@@ -238,6 +239,7 @@ class Operations:
         self.unit_ids: list[str] = []
         self.global_mode: str | None = None
         self.grid_master: str | None = None
+        self.mode_audit: dict[str, Any] | None = None  # the units' last audit record
         self.seq = 0
         self._state: KeyValue | None = None
         self._deal_kv: KeyValue | None = None
@@ -282,6 +284,7 @@ class Operations:
     async def _refresh_loop(self) -> None:
         while True:
             try:
+                await self.run_due_schedules(time.time())
                 await self.refresh()
             except Exception:  # a bad answer must not end the view
                 log.exception("apis-web: refresh failed")
@@ -366,8 +369,11 @@ class Operations:
         try:
             mode_entry = await self._state.get(OPERATION_MODE_KEY)
             gm_entry = await self._state.get(GRID_MASTER_KEY)
+            audit_entry = await self._state.get(OPERATION_MODE_AUDIT_KEY)
         except BusError:
             return
+        audit = audit_entry.value if audit_entry is not None else None
+        self.mode_audit = audit if isinstance(audit, dict) else None
         mode: str | None = None
         if mode_entry is not None and mode_entry.value in GLOBAL_MODES:
             mode = str(mode_entry.value)
@@ -382,8 +388,12 @@ class Operations:
         if mode != self.global_mode and self.global_mode is not None and mode is not None:
             last = self._last_change("global")
             if last is None or last.new_mode != mode:
+                # Changed by somebody else: the units' audit record says who.
+                by = "cluster"
+                if self.mode_audit is not None and self.mode_audit.get("mode") == mode:
+                    by = str(self.mode_audit.get("by") or "cluster")
                 self._record_change(
-                    ModeChange(time.time(), "global", self.global_mode, mode, "cluster")
+                    ModeChange(time.time(), "global", self.global_mode, mode, by)
                 )
         self.global_mode = mode
         self.grid_master = str(gm_entry.value) if gm_entry is not None else None
@@ -496,6 +506,7 @@ class Operations:
             "globalLabel": MODE_LABELS.get(self.global_mode or "", "--"),
             "changedBy": last.changed_by if last else None,
             "changedAt": last.at if last else None,
+            "audit": self.mode_audit,
             "units": units,
         }
 
@@ -540,6 +551,7 @@ class Operations:
             "modes": self.modes(),
             "errors": self.store.errors(limit=20),
             "history": {"count": self.store.deal_count(), "energyWh": self.store.energy_wh()},
+            "schedules": self.schedules_json(),
         }
 
     # ---- pushing -------------------------------------------------------------------------
@@ -592,7 +604,8 @@ class Operations:
         old = await self.read_global_mode()
         via = GLOBAL_OPERATION_MODE
         try:
-            await self.bus.request(GLOBAL_OPERATION_MODE, mode, {"command": "set"},
+            await self.bus.request(GLOBAL_OPERATION_MODE, mode,
+                                   {"command": "set", "operator": by},
                                    timeout=self._timeout())
         except NoHandlers:
             # No unit handles the subject: write the shared key the units read.
@@ -618,7 +631,8 @@ class Operations:
         old = ((data.get("apis") or {}).get("operation_mode") or {}).get("local")
         subject = local_operation_mode(unit_id)
         try:
-            await self.bus.request(subject, mode, {"command": "set"}, timeout=self._timeout())
+            await self.bus.request(subject, mode, {"command": "set", "operator": by},
+                                   timeout=self._timeout())
         except NoHandlers:
             raise ClusterUnavailable(
                 f"{subject}: no handler (the unit is down or does not offer local modes)"
@@ -703,6 +717,64 @@ class Operations:
             )
         except BusError as e:
             raise ClusterUnavailable(f"{ERROR}: {e}") from None
+
+    # ---- Soft Stop schedules (main_controller's, executed once and removed) ------------
+
+    def schedules_json(self) -> list[dict[str, Any]]:
+        return [
+            {"scope": s.scope, "unitId": None if s.scope == "global" else s.scope,
+             "operation": s.operation, "at": s.at, "by": s.created_by}
+            for s in self.store.schedules.all()
+        ]
+
+    async def set_schedule(
+        self, unit_id: str | None, at: float, by: str
+    ) -> dict[str, Any]:
+        """Schedule a Soft Stop of the cluster (unit_id None) or of one unit at `at`
+        (wall-clock seconds, in the future)."""
+        if unit_id is not None:
+            self._check_unit(unit_id)
+        if at <= time.time():
+            raise ValueError(f"time = {at} (must be in the future)")
+        scope = unit_id or "global"
+        self.store.schedules.set(Schedule(scope, "softStop", at, by))
+        self.wake()
+        return {"scope": scope, "operation": "softStop", "at": at, "by": by}
+
+    async def clear_schedule(self, unit_id: str | None) -> bool:
+        removed = self.store.schedules.delete(unit_id or "global", "softStop")
+        self.wake()
+        return removed
+
+    async def run_due_schedules(self, now: float) -> list[str]:
+        """Execute every due Soft Stop once, then remove it. Like main_controller: the global
+        one only while the global mode is autonomous, a local one only while the unit
+        follows the global mode (no local mode); otherwise it is dropped."""
+        done = []
+        for schedule in self.store.schedules.due(now):
+            self.store.schedules.delete(schedule.scope, schedule.operation)
+            by = f"schedule by {schedule.created_by}"
+            try:
+                if schedule.scope == "global":
+                    if await self.read_global_mode() == "autonomous":
+                        await self.set_global_mode("heteronomous", by)
+                        done.append("global")
+                else:
+                    data = self.snapshot.units.get(schedule.scope) or {}
+                    local = ((data.get("apis") or {}).get("operation_mode") or {}).get("local")
+                    if local is None:
+                        await self.set_local_mode(schedule.scope, "heteronomous", by)
+                        done.append(schedule.scope)
+            except (ClusterUnavailable, KeyError, ValueError) as e:
+                log.warning("scheduled Soft Stop of %s failed: %s", schedule.scope, e)
+                self.store.add_error(
+                    {"unitId": "" if schedule.scope == "global" else schedule.scope,
+                     "category": "USER", "extent": "GLOBAL" if schedule.scope == "global"
+                     else "LOCAL", "level": "WARN",
+                     "message": f"scheduled Soft Stop failed: {e}"},
+                    now, "web",
+                )
+        return done
 
     async def stop_all(self, by: str) -> dict[str, Any]:
         """Force Stop when the cluster answers; else WAIT to every converter directly.

@@ -112,6 +112,28 @@ async function manualSet(ev) {
   await send("POST", `/api/units/${encodeURIComponent(unit)}/dcdc`, body, `${unit} ${body.mode}`);
 }
 
+async function schedule(unit, inputId) {
+  const value = $(inputId).value;
+  const where = unit ? `unit ${unit}` : "the whole cluster";
+  if (!value) { $("#action-result").textContent = "choose a date and time first"; return; }
+  const at = new Date(value);
+  if (!(await confirmAction(`Schedule a Soft Stop of ${where} at ${at.toLocaleString()}?`))) return;
+  await send("PUT", "/api/schedules", { unitId: unit, softStopAt: at.toISOString() },
+    `Soft Stop schedule for ${where}`);
+}
+
+async function clearSchedule(unit) {
+  const where = unit ? `unit ${unit}` : "the whole cluster";
+  if (!(await confirmAction(`Clear the scheduled Soft Stop of ${where}?`))) return;
+  const query = unit ? `?unitId=${encodeURIComponent(unit)}` : "";
+  await send("DELETE", `/api/schedules${query}`, undefined, `clear schedule of ${where}`);
+}
+
+function scheduleText(view, scope) {
+  const s = (view.schedules || []).find((x) => x.scope === scope);
+  return s ? `scheduled ${new Date(s.at * 1000).toLocaleString()} by ${s.by}` : "none scheduled";
+}
+
 async function stopAll() {
   if (!(await confirmAction("Stop all: Force Stop the cluster (or WAIT every converter)?"))) return;
   await send("POST", "/api/stop-all", undefined, "Stop all");
@@ -250,6 +272,7 @@ function renderModes(view) {
   for (const b of document.querySelectorAll(".mode-btn")) {
     b.classList.toggle("current", b.dataset.mode === modes.global);
   }
+  setText($("#sched-global-state"), scheduleText(view, "global"));
 }
 
 function renderLink(view) {
@@ -331,6 +354,7 @@ function renderDetail(view) {
     ["Grid Master", u.isGridMaster ? "yes" : "no"], ["deals", u.dealIds.join(", ") || "none"], ["time", u.time || "--"],
   ];
   $("#detail-values").innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd>${esc(String(v))}</dd>`).join("");
+  setText($("#sched-local-state"), scheduleText(view, state.selected));
   const manual = u.effective === "manual";
   for (const el of $("#manual").elements) el.disabled = !manual;
   setText($("#manual-note"), manual ? "Manual: commands go to this converter." :
@@ -440,6 +464,10 @@ window.addEventListener("DOMContentLoaded", () => {
   }
   $("#detail-close").addEventListener("click", () => select(state.selected));
   $("#manual").addEventListener("submit", manualSet);
+  $("#sched-global-set").addEventListener("click", () => schedule(null, "#sched-global-at"));
+  $("#sched-global-clear").addEventListener("click", () => clearSchedule(null));
+  $("#sched-local-set").addEventListener("click", () => schedule(state.selected, "#sched-local-at"));
+  $("#sched-local-clear").addEventListener("click", () => clearSchedule(state.selected));
   checkToken();
   connect();
 });

@@ -123,10 +123,10 @@ def _print_outcome(summary: dict[str, Any], info: dict[str, Any], out: Path) -> 
     from apis.sim.report import key_figures
 
     for label, value in key_figures(summary):
-        typer.echo(f"  {label:<46} {value}")
+        typer.echo(f"  {label:<50} {value}")
     speed = info.get("speed")
     typer.echo(
-        f"  {'Wall time':<46} {info['wall_s']:.1f} s"
+        f"  {'Wall time':<50} {info['wall_s']:.1f} s"
         + (f" ({speed:,.0f} simulated s per wall s)" if speed else "")
     )
     records = info.get("unit_log_records") or {}

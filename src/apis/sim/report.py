@@ -12,6 +12,7 @@ import csv
 import html
 import json
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def write_units_csv(path: Path, result: RunResult) -> None:
         for k, t in enumerate(s.times_s):
             hours = (t - previous) / 3600.0 if t > previous else interval_h
             previous = t
-            stamp = (start + _seconds(t)).isoformat()
+            stamp = (start + timedelta(seconds=round(t, 6))).isoformat()
             for i, unit in enumerate(s.unit_ids):
                 grid_net = arrays["grid_out_wh"][k, i] - arrays["grid_in_wh"][k, i]
                 out.writerow([
@@ -75,12 +76,6 @@ def write_units_csv(path: Path, result: RunResult) -> None:
                     _num(grid_net / hours),
                     *(_num(arrays[name][k, i]) for name, _ in ENERGY_COLUMNS),
                 ])
-
-
-def _seconds(t: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=round(t, 6))
 
 
 def _cell(value: object) -> str:

@@ -43,6 +43,7 @@ def _register() -> None:
     __import__("apis.sim.cli", fromlist=["register"]).register(app)
     demo_cli.register(app)
     web_cli.register(app)
+    __import__("apis.process.cli", fromlist=["register"]).register(app)
 
 
 _register()

@@ -97,6 +97,14 @@ def decode(data: bytes) -> JSON:
     return json.loads(data) if data else None
 
 
+def uses_tls(nc: Client) -> bool:
+    """Whether the connection's socket speaks TLS now."""
+    transport = getattr(nc, "_transport", None)
+    writer = getattr(transport, "_io_writer", None)
+    get_extra_info = getattr(writer, "get_extra_info", None)
+    return get_extra_info is not None and get_extra_info("ssl_object") is not None
+
+
 def _header_text(text: str) -> str:
     # Header values end at the line; keep the message on one line.
     return " ".join(text.split()) or "failure"
@@ -173,6 +181,11 @@ class NatsBus:
     ) -> NatsBus:
         """Connect to a NATS server or cluster; reconnects forever once connected.
 
+        With `tls` the connection must be TLS: nats-py speaks TLS only when the server
+        asks for it, so a plain server (or an impostor) would get a plain connection. That
+        is refused here (`BusError`), and a reconnect that lands on a plain connection is
+        closed at once.
+
         `replicas`: copies of each new key-value bucket; default min(3, servers in the
         cluster as the server reports them). `kv_timeout` bounds one key-value operation,
         `kv_attempts` how often it is tried during a failover (a request in flight when a
@@ -190,6 +203,9 @@ class NatsBus:
 
         async def on_reconnected() -> None:
             log.info("%s: nats reconnected to %s", name, nc.connected_url)
+            if tls is not None and not uses_tls(nc):
+                log.error("%s: reconnected without TLS to %s: closing", name, nc.connected_url)
+                await nc.close()
 
         options: dict[str, Any] = {}
         if tls is not None:
@@ -222,6 +238,13 @@ class NatsBus:
             )
         except (nats.errors.Error, OSError) as exc:
             raise BusError(f"{name}: cannot connect to NATS at {', '.join(urls)}: {exc!r}") from exc
+        if tls is not None and not uses_tls(nc):
+            url = nc.connected_url.geturl() if nc.connected_url else ", ".join(urls)
+            await nc.close()
+            raise BusError(
+                f"{name}: plain connection to {url} refused: TLS is configured but the server "
+                "did not use it"
+            )
         nc.options["max_reconnect_attempts"] = -1  # a unit outlives server restarts
         return cls(nc, name=name, replicas=replicas, kv_timeout=kv_timeout, kv_attempts=kv_attempts)
 

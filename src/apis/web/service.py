@@ -396,11 +396,17 @@ class Operations:
                     ModeChange(time.time(), "global", self.global_mode, mode, by)
                 )
         self.global_mode = mode
-        self.grid_master = str(gm_entry.value) if gm_entry is not None else None
-        if self.grid_master is None:
-            for unit_id, data in self.snapshot.units.items():
-                if (data.get("apis") or {}).get("is_grid_master"):
-                    self.grid_master = unit_id
+        # The Grid Master says so in its own unit data (it answered data.all); the lock's
+        # key is only a fall-back (its bucket and form belong to the unit layer).
+        self.grid_master = None
+        for unit_id, data in self.snapshot.units.items():
+            if (data.get("apis") or {}).get("is_grid_master"):
+                self.grid_master = unit_id
+        if self.grid_master is None and gm_entry is not None:
+            value = gm_entry.value
+            if isinstance(value, dict):
+                value = value.get("unitId")
+            self.grid_master = str(value) if value else None
 
     def _observe_local_modes(self) -> None:
         """Record local-mode changes made by others (seen in the unit data)."""

@@ -120,6 +120,7 @@ class LocalCluster:
         policy: Mapping[str, Any] | None = None,
         rsoc: Sequence[float] | None = None,
         houses: bool = True,
+        idle_units: Sequence[str] = (),
         server_tls: TlsFiles | None = None,
         client_tls: Mapping[str, str] | None = None,
         user: str | None = None,
@@ -136,6 +137,7 @@ class LocalCluster:
             DEFAULT_RSOC[i % len(DEFAULT_RSOC)] for i in range(units)
         ]
         self.houses = houses
+        self.idle_units = list(idle_units)
         self.server_tls = server_tls
         self.client_tls = dict(client_tls) if client_tls is not None else None
         self.user = user
@@ -196,6 +198,14 @@ class LocalCluster:
         policy = merge(json.loads(policy_path.read_text()), self.policy_changes)
         policy_path.write_text(json.dumps(policy, indent=2))
         self.unit_ids = list(policy["memberUnitIds"])
+        for unit_id in self.idle_units:  # neither requests nor accepts: never in a deal
+            path = self.config_dir / unit_id / "scenario.json"
+            scenario = json.loads(path.read_text())
+            for key, block in scenario.items():
+                if isinstance(block, dict) and "request" in block:
+                    block["request"] = {band: {} for band in block["request"]}
+                    block["accept"] = {band: {} for band in block["accept"]}
+            path.write_text(json.dumps(scenario, indent=2))
 
     def config_path(self, unit_id: str) -> Path:
         return self.config_dir / unit_id / "config.json"

@@ -119,6 +119,23 @@ def test_every_unit_shown_and_a_deal_flows(page: Any, cluster: ClusterThread) ->
     page.wait_for_selector("#chart-vg .uplot", timeout=60_000)
     assert "not available" not in page.inner_text("#grid-note")
     assert page.inner_text("#token-state") == "controls enabled"
+    # A changed battery shows within seconds (spec 13 scenario 2 asks for 5 s).
+    async def set_rsoc() -> None:
+        assert cluster.world is not None
+        cluster.world.set_rsoc("E003", 12.3)
+
+    cluster.call(set_rsoc())
+    changed = time.monotonic()
+    page.wait_for_selector("#units .unit[data-unit='E003'] .rsoc:text-is('12%')",
+                           timeout=60_000)
+    print(f"RSOC change shown after {time.monotonic() - changed:.1f} s")
+    # An error published on the bus appears in the errors panel.
+    r = page.request.post(f"{cluster.url}api/errors", headers={
+        "Authorization": f"Bearer {cluster.token}"}, data={
+        "unitId": "E004", "category": "USER", "extent": "LOCAL", "level": "WARN",
+        "message": "browser test warning"})
+    assert r.ok, r.text()
+    page.wait_for_selector("#errors li:has-text('browser test warning')", timeout=60_000)
     screenshot(page, "cluster-with-deal.png")
     # The API docs render from vendored files (this machine has no network: offline proof).
     page.goto(f"{cluster.url}docs")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -120,6 +121,7 @@ class Unit:
         self._read_hw = files.hw_config
         self._read_scenario = files.scenario
         self._read_policy = canonical(files.policy)
+        self._file_stamps: list[tuple[int, int]] = []
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -425,8 +427,25 @@ class Unit:
             await asyncio.sleep(period / 1000)
             await self.refresh_files()
 
+    def _changed_on_disk(self) -> bool:
+        """Whether any of the three files changed (size or modification time) since the
+        last look: only then are they parsed again."""
+        files = self.files
+        stamps = []
+        for path in (files.hw_config_path, files.scenario_path, files.policy_path):
+            try:
+                st = os.stat(path)
+                stamps.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append((-1, -1))
+        changed = stamps != self._file_stamps
+        self._file_stamps = stamps
+        return changed
+
     async def refresh_files(self) -> None:
         """Re-read hwConfig, scenario and policy; a broken file keeps the cached copy."""
+        if not self._changed_on_disk():
+            return
         files = self.files
         problems: list[Problem] = []
         hw = load_model(HwConfig, files.hw_config_path, "hwConfig.json", problems)

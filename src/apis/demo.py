@@ -32,8 +32,6 @@ from apis.hardware.modes import ConverterMode
 from apis.unit.cluster import InProcessCluster
 from apis.unit.deal import Deal
 
-# Quick enough for the original's checkpoints (3 reads 100 ms apart) after a set-point change.
-DEMO_CONVERTER = ConverterModel(voltage_ramp_v_per_s=300.0, response_time_s=0.05)
 # Starting charge levels, cycled over the units: some have plenty, some need energy.
 DEMO_RSOC = (88.0, 30.0, 62.0, 45.0, 75.0, 35.0)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -60,7 +58,7 @@ def emulated_cluster(
     seed: int = 0,
     start: datetime | None = None,
     initial_rsoc: Sequence[float] | None = None,
-    converter: ConverterModel = DEMO_CONVERTER,
+    converter: ConverterModel | None = None,  # None: the emulator's default converter
     deal_log_tmpdir: str | None = None,
 ) -> tuple[World, InProcessCluster]:
     """A world of emulated units for `config` and the cluster of nodes driving it."""

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ from apis.unit.safety import (
 from apis.unit.state import UnitState
 
 Reporter = Callable[[str, str, str, str], Awaitable[Any]]
+HISTORY = 1000  # entries kept of bounded histories
 MANUAL_COMMANDS = ("WAIT", "VOLTAGE_REFERENCE", "CHARGE", "DISCHARGE")
 STARTING_COMMANDS = (
     "VOLTAGE_REFERENCE", "CHARGE", "DISCHARGE", "voltageReferenceWillTakeOver",
@@ -106,7 +108,8 @@ class Controller:
         self.commands_executed = 0
         self._report = report
         self._consecutive = Consecutive()
-        self.findings: list[tuple[float, str, Finding]] = []  # (loop time, level, finding)
+        # the latest findings (loop time, level, finding), for tests and displays
+        self.findings: deque[tuple[float, str, Finding]] = deque(maxlen=HISTORY)
 
     # ---- acquisition ---------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ from apis.unit.state import UnitState
 log = logging.getLogger(__name__)
 
 GM_TIMEOUT_S = 5.0
+HISTORY = 1000
 
 
 class ErrorHandling:
@@ -63,8 +65,9 @@ class ErrorHandling:
         self._reset_local = reset_local
         self._shutdown_local = shutdown_local
         self._global_sink = global_sink  # the local Grid Master's cache, if any
-        self.handled: list[ErrorRecord] = []  # every local error handled (history)
-        self.actions_run: list[tuple[float, str]] = []  # (loop time, action)
+        # the latest local errors handled, and actions run (loop time, action)
+        self.handled: deque[ErrorRecord] = deque(maxlen=HISTORY)
+        self.actions_run: deque[tuple[float, str]] = deque(maxlen=HISTORY)
         self._handling = False
 
     # ---- reporting -----------------------------------------------------------------------

@@ -201,7 +201,7 @@ class LocalCluster:
         for unit_id in self.idle_units:  # neither requests nor accepts: never in a deal
             path = self.config_dir / unit_id / "scenario.json"
             scenario = json.loads(path.read_text())
-            for key, block in scenario.items():
+            for block in scenario.values():
                 if isinstance(block, dict) and "request" in block:
                     block["request"] = {band: {} for band in block["request"]}
                     block["accept"] = {band: {} for band in block["accept"]}

@@ -35,7 +35,7 @@ from apis.unit.data import UnitSnapshot
 from apis.unit.deal import NOT_APPLICABLE, Deal
 from apis.unit.errors import ErrorRecord, GlobalError, global_actions
 from apis.unit.execution import DealExecution
-from apis.unit.lease import FencedLink, GridMasterLease
+from apis.unit.lease import FencedLink, GridMasterLease, LeaseLost
 from apis.unit.mediator import Mediator
 from apis.unit.registry import Registry
 from apis.unit.safety import Consecutive, global_checks
@@ -124,6 +124,7 @@ class GridMaster:
     async def _helo_loop(self) -> None:
         period = self.policy.grid_master.helo_period_msec / 1000
         while True:
+            self.lease.check()  # a resumed stale one must not make the new one scram
             try:
                 await self.bus.publish(subjects.GRID_MASTER_HELO, self.instance_id)
             except BusError:
@@ -131,6 +132,10 @@ class GridMaster:
             await asyncio.sleep(period)
 
     async def _on_helo(self, msg: Message) -> Any:
+        if not self.lease.valid:  # it is no Grid Master any more: neither answers nor judges
+            if msg.reply is not None:
+                raise LeaseLost(f"{self.unit_id}: Grid Master lease lapsed")
+            return None
         if msg.reply is not None:
             return self.unit_id
         if msg.payload != self.instance_id:

@@ -8,10 +8,11 @@ in-memory bus; the emulator supplies batteries, converters and the DC grid. Time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
@@ -151,12 +152,18 @@ def summary(state: DemoState, console: Console) -> None:
     )
 
 
+@dataclass(frozen=True)
+class WebOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
 async def run_demo(state: DemoState, duration_s: float | None, refresh_s: float,
-                   console: Console, live: bool) -> None:
+                   console: Console, live: bool, web: WebOptions | None = None) -> None:
     loop = asyncio.get_running_loop()
     cluster = state.cluster
     start = loop.time()
-    async with cluster.running():
+    async with cluster.running(), _web_ui(state, web, console):
         with Live(render(state), console=console, auto_refresh=False,
                   transient=False) if live else _NoLive() as view:
             while duration_s is None or loop.time() - start < duration_s:
@@ -165,6 +172,32 @@ async def run_demo(state: DemoState, duration_s: float | None, refresh_s: float,
                 state.deals = await cluster.deals()
                 view.update(render(state), refresh=True)
     state.elapsed_s = loop.time() - start
+
+
+@contextlib.asynccontextmanager
+async def _web_ui(
+    state: DemoState, options: WebOptions | None, console: Console
+) -> AsyncIterator[None]:
+    """Serve the operations UI for the demo's cluster, on the same loop, if asked."""
+    if options is None:
+        yield
+        return
+    from apis.web.server import WebServer  # the web layer is optional for the demo
+
+    server = WebServer(state.cluster.hub.connect("web"), world=state.world,
+                       host=options.host, port=options.port)
+    try:
+        await server.start()
+    except OSError as e:
+        # Another program has the port: take a free one rather than give up the demo.
+        console.print(f"{e}; using a free port instead")
+        server.port = 0
+        await server.start()
+    console.print(f"operations UI: {server.url_with_token}", soft_wrap=True)
+    try:
+        yield
+    finally:
+        await server.stop()
 
 
 class _NoLive:
@@ -198,6 +231,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the world and units.")] = 0,
         live: Annotated[bool, typer.Option("--live/--no-live", help="Show the live view.")] = True,
+        web: Annotated[
+            bool, typer.Option("--web/--no-web", help="Serve the operations UI in the browser.")
+        ] = True,
+        host: Annotated[str, typer.Option("--host", help="Address of the UI.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", help="Port of the UI (0: any free).")] = 8080,
     ) -> None:
         """Run a cluster on emulated hardware with a live view of every unit and deal."""
         console = Console()
@@ -226,7 +264,9 @@ def register(app: typer.Typer) -> None:
             state = DemoState(world, cluster)
             refresh_s = max(0.25 * speed, 1.0)  # about four screen updates per real second
             try:
-                clock.run(run_demo(state, duration_s, refresh_s, console, live), "scaled", speed)
+                web_options = WebOptions(host, port) if web else None
+                clock.run(run_demo(state, duration_s, refresh_s, console, live, web_options),
+                          "scaled", speed)
             except KeyboardInterrupt:
                 console.print("stopped")
             summary(state, console)

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from apis.config.errors import ConfigError
-from apis.config.generate import write_cluster
+from apis.config.generate import default_cluster_dir, write_cluster
 from apis.sim.community import (
     SimError,
     SimSettings,
-    apply_override,
-    load_community,
+    community,
     parse_sweep,
     scale_scenario_json,
 )
 
 
 def test_default_community_is_the_embedded_cluster() -> None:
-    cluster = load_community(SimSettings())
-    assert cluster.unit_ids == ["E001", "E002", "E003", "E004"]
+    with community(SimSettings()) as cluster:
+        assert cluster.unit_ids == ["E001", "E002", "E003", "E004"]
+        # a private copy: state and deal-log paths inside it, not in the shared /tmp/apis
+        assert cluster.root is not None
+        config = cluster.units[0].config
+        assert str(cluster.root) in config.state_file_format
+        assert str(cluster.root) in config.deal_log_dir_format
+    assert not cluster.root.exists()  # removed after the run
 
 
 def test_generated_units() -> None:
-    assert len(load_community(SimSettings(units=6)).unit_ids) == 6
+    with community(SimSettings(units=6)) as cluster:
+        assert len(cluster.unit_ids) == 6
 
 
 def test_bad_settings_name_the_setting() -> None:
@@ -36,45 +43,51 @@ def test_bad_settings_name_the_setting() -> None:
         SimSettings(config_dir=Path("x"), units=3)
 
 
-def test_policy_override_by_path() -> None:
-    cluster = load_community(SimSettings().with_override("mediator.deal.gridCurrentA", "2"))
-    assert cluster.policy.mediator.deal.grid_current_a == 2.0
-    assert all(u.policy.mediator.deal.grid_current_a == 2.0 for u in cluster.units)
+def test_policy_override_is_written_to_the_copy() -> None:
+    settings = SimSettings().with_override("mediator.deal.gridCurrentA", "2")
+    with community(settings) as cluster:
+        assert cluster.policy.mediator.deal.grid_current_a == 2.0
+        assert all(u.policy.mediator.deal.grid_current_a == 2.0 for u in cluster.units)
+        on_disk = json.loads(cluster.units[0].policy_path.read_text())
+        assert on_disk["mediator"]["deal"]["gridCurrentA"] == 2
+    original = json.loads((default_cluster_dir() / "policy.json").read_text())
+    assert original["mediator"]["deal"]["gridCurrentA"] == 1
 
 
 def test_unknown_key_names_the_key_and_the_known_ones() -> None:
-    cluster = load_community(SimSettings())
+    settings = SimSettings().with_override("mediator.deal.gridCurrnetA", "2")
     with pytest.raises(SimError, match=r"no key 'gridCurrnetA' under mediator.deal .*gridCurrentA"):
-        apply_override(cluster, "mediator.deal.gridCurrnetA", "2")
+        with community(settings):
+            pass
 
 
 def test_invalid_value_is_a_config_error() -> None:
-    cluster = load_community(SimSettings())
     with pytest.raises(ConfigError, match="gridCurrentA"):
-        apply_override(cluster, "mediator.deal.gridCurrentA", "-1")
+        with community(SimSettings().with_override("mediator.deal.gridCurrentA", "-1")):
+            pass
 
 
 def test_hwconfig_override() -> None:
-    cluster = apply_override(load_community(SimSettings()), "hwConfig.gridCurrentCapacityA", "2")
-    assert all(u.hw_config.grid_current_capacity_a == 2.0 for u in cluster.units)
+    with community(SimSettings().with_override("hwConfig.gridCurrentCapacityA", "2")) as c:
+        assert all(u.hw_config.grid_current_capacity_a == 2.0 for u in c.units)
 
 
 def test_battery_size_scales_the_scenario_thresholds() -> None:
-    base = load_community(SimSettings())
-    cluster = apply_override(base, "battery", "9600")
-    for before, after in zip(base.units, cluster.units, strict=True):
-        assert after.hw_config.battery_nominal_capacity_wh == 9600.0
-        factor = 9600.0 / before.hw_config.battery_nominal_capacity_wh
-        old = before.scenario.block_at("12:00:00")
-        new = after.scenario.block_at("12:00:00")
-        assert old is not None and new is not None
-        old_edges = [r.lower for r in old.ranges if r.lower is not None]
-        new_edges = [r.lower for r in new.ranges if r.lower is not None]
-        assert new_edges == [round(e * factor) for e in old_edges]
-    doubled = apply_override(base, "battery.scale", "2")
-    assert [u.hw_config.battery_nominal_capacity_wh for u in doubled.units] == [
-        2 * u.hw_config.battery_nominal_capacity_wh for u in base.units
-    ]
+    with community(SimSettings()) as base, \
+            community(SimSettings().with_override("battery", "9600")) as cluster:
+        for before, after in zip(base.units, cluster.units, strict=True):
+            assert after.hw_config.battery_nominal_capacity_wh == 9600.0
+            factor = 9600.0 / before.hw_config.battery_nominal_capacity_wh
+            old = before.scenario.block_at("12:00:00")
+            new = after.scenario.block_at("12:00:00")
+            assert old is not None and new is not None
+            old_edges = [r.lower for r in old.ranges if r.lower is not None]
+            new_edges = [r.lower for r in new.ranges if r.lower is not None]
+            assert new_edges == [round(e * factor) for e in old_edges]
+        with community(SimSettings().with_override("battery.scale", "2")) as doubled:
+            assert [u.hw_config.battery_nominal_capacity_wh for u in doubled.units] == [
+                2 * u.hw_config.battery_nominal_capacity_wh for u in base.units
+            ]
 
 
 def test_scale_scenario_json() -> None:

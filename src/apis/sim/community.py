@@ -2,7 +2,8 @@
 
 A community comes from a cluster directory (`--config`), from the generator (`--units N`,
 the same files `apis config init` writes) or, with neither, from the embedded default
-4-unit cluster. Sweep parameters change it in memory, never on disk:
+4-unit cluster. A run works on a private copy of the files (the unit code re-reads them
+while it runs); sweep parameters change that copy, never the original:
 
 - ``units``: number of generated units (not with a configuration directory);
 - ``seed``: the seed of the run (houses, starting charge, unit randomness);
@@ -19,21 +20,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from apis.config.errors import ConfigError, Problem, describe_pydantic_error
+from apis.config.errors import ConfigError, Problem
 from apis.config.generate import default_cluster_dir, write_cluster
-from apis.config.hwconfig import HwConfig
-from apis.config.loader import Cluster, UnitFiles, load_cluster
-from apis.config.policy import Policy
-from apis.config.scenario import Scenario, ScenarioError
+from apis.config.loader import Cluster, find_unit_configs, load_cluster
 from apis.emulator.converter import ConverterModel
 from apis.emulator.world import DEFAULT_START as EMULATOR_START
 
@@ -115,54 +113,104 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def load_community(settings: SimSettings) -> Cluster:
-    """The cluster a run simulates, with the settings' overrides applied and checked."""
-    if settings.config_dir is not None:
-        cluster = load_cluster(settings.config_dir)
-    elif settings.units is not None:
-        with tempfile.TemporaryDirectory(prefix="apis-sim-") as tmp:
-            write_cluster(tmp, settings.units)
-            cluster = load_cluster(tmp)
+@contextmanager
+def community(settings: SimSettings) -> Iterator[Cluster]:
+    """The cluster a run simulates, its files in a private folder for the run's duration.
+
+    The unit code re-reads hwConfig, scenario and policy from disk every refreshing period,
+    as the original does, so the community (with the sweep's overrides applied to the
+    files) must exist on disk while it runs. Each unit's state, deal-log and lock paths are
+    moved into that folder too, so that runs never share files."""
+    with tempfile.TemporaryDirectory(prefix="apis-sim-") as tmp:
+        yield load_community(settings, Path(tmp))
+
+
+def load_community(settings: SimSettings, directory: Path) -> Cluster:
+    """Write the community's files into `directory` (overrides applied) and load them."""
+    if settings.units is not None:
+        write_cluster(directory, settings.units)
     else:
-        cluster = load_cluster(default_cluster_dir())
+        source = settings.config_dir if settings.config_dir is not None else default_cluster_dir()
+        if not source.is_dir():
+            raise ConfigError([Problem(str(source), "", "not a directory")])
+        shutil.copytree(source, directory, dirs_exist_ok=True)
+    for config_path in find_unit_configs(directory):
+        _private_paths(config_path, directory)
+    cluster = load_cluster(directory)
     for parameter, value in settings.overrides:
-        cluster = apply_override(cluster, parameter, value)
-    return cluster
+        apply_override(cluster, directory, parameter, value)
+    return load_cluster(directory) if settings.overrides else cluster
 
 
-def apply_override(cluster: Cluster, parameter: str, value: str) -> Cluster:
-    """A copy of `cluster` with one parameter changed; raises SimError or ConfigError."""
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _private_paths(config_path: Path, directory: Path) -> None:
+    data = _read(config_path)
+    unit = str(data.get("unitId", config_path.parent.name))
+    data["stateFileFormat"] = f"{directory}/state/{unit}/%s"
+    data["dealLogDirFormat"] = f"'{directory}/dealLog/{unit}/'uuuu'/'MM'/'dd"
+    data["fileSystemExclusiveLockFileFormat"] = f"{directory}/lock/.apis.{unit}.%s.lock"
+    _write(config_path, data)
+
+
+def _inside(path: Path, directory: Path, parameter: str) -> Path:
+    resolved = path.resolve()
+    if not resolved.is_relative_to(directory.resolve()):
+        raise SimError(
+            f"sweep parameter {parameter!r}: {path} lies outside the cluster directory "
+            "(the simulation edits copies only)"
+        )
+    return resolved
+
+
+def apply_override(cluster: Cluster, directory: Path, parameter: str, value: str) -> None:
+    """Change one parameter in the community's files under `directory` (copies)."""
     if parameter in ("battery", "battery.scale"):
         number = _float(parameter, value)
         if number <= 0:
             raise SimError(f"{parameter} = {value!r} (must be > 0)")
-        scale: Callable[[float], float] = (
-            (lambda capacity: number / capacity) if parameter == "battery"
-            else (lambda capacity: number)
-        )
-        units = [_scaled_battery(u, scale(u.hw_config.battery_nominal_capacity_wh))
-                 for u in cluster.units]
-        return _checked(dataclasses.replace(cluster, units=units))
+        done: set[Path] = set()
+        for unit in cluster.units:
+            capacity = unit.hw_config.battery_nominal_capacity_wh
+            factor = number / capacity if parameter == "battery" else number
+            hw_path = _inside(unit.hw_config_path, directory, parameter)
+            scenario_path = _inside(unit.scenario_path, directory, parameter)
+            if hw_path not in done:
+                data = _read(hw_path)
+                data["batteryNominalCapacityWh"] = capacity * factor
+                _write(hw_path, data)
+                done.add(hw_path)
+            if scenario_path not in done:
+                _write(scenario_path, scale_scenario_json(_read(scenario_path), factor))
+                done.add(scenario_path)
+        return
     if parameter.startswith("hwConfig."):
         path = parameter.removeprefix("hwConfig.")
-        units = []
-        for u in cluster.units:
-            data = u.hw_config.model_dump(by_alias=True, mode="json")
-            _set_path(data, path, parse_value(value), "hwConfig.json", parameter)
-            hw = _validate(HwConfig, data, f"{u.unit_id}/hwConfig.json")
-            units.append(dataclasses.replace(u, hw_config=hw))
-        return _checked(dataclasses.replace(cluster, units=units))
-    path = parameter.removeprefix("policy.")
-    data = cluster.policy.model_dump(by_alias=True, mode="json")
-    _set_path(data, path, parse_value(value), "policy.json", parameter)
-    policy = _validate(Policy, data, "policy.json")
-    units = [dataclasses.replace(u, policy=policy) for u in cluster.units]
-    return _checked(dataclasses.replace(cluster, units=units, policy=policy))
+        files = {_inside(u.hw_config_path, directory, parameter) for u in cluster.units}
+        known = cluster.units[0].hw_config.model_dump(by_alias=True, mode="json")
+        file_name = "hwConfig.json"
+    else:
+        path = parameter.removeprefix("policy.")
+        files = {_inside(u.policy_path, directory, parameter) for u in cluster.units}
+        known = cluster.policy.model_dump(by_alias=True, mode="json")
+        file_name = "policy.json"
+    _check_path(known, path, file_name, parameter)
+    for file in sorted(files):
+        data = _read(file)
+        _set_path(data, path, parse_value(value))
+        _write(file, data)
 
 
-def _set_path(data: dict[str, Any], path: str, value: Any, file: str, parameter: str) -> None:
-    keys = path.split(".")
+def _check_path(data: dict[str, Any], path: str, file: str, parameter: str) -> None:
+    """The path must name a key of the file's model (defaults included)."""
     node: Any = data
+    keys = path.split(".")
     for depth, key in enumerate(keys):
         if not isinstance(node, dict) or key not in node:
             where = ".".join(keys[:depth]) or "the top level"
@@ -171,31 +219,20 @@ def _set_path(data: dict[str, Any], path: str, value: Any, file: str, parameter:
                 f"sweep parameter {parameter!r}: {file} has no key {key!r} under {where} "
                 f"(keys: {known})"
             )
-        if depth == len(keys) - 1:
-            node[key] = value
-        else:
-            node = node[key]
+        node = node[key]
 
 
-def _validate(model: type[Policy] | type[HwConfig], data: Any, file: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        problems = []
-        for err in error.errors():
-            path, message = describe_pydantic_error(err)
-            problems.append(Problem(file, path, message))
-        raise ConfigError(problems) from None
-
-
-def _checked(cluster: Cluster) -> Cluster:
-    from apis.config.rules import check_cluster
-
-    errors, warnings = check_cluster(cluster)
-    if errors:
-        raise ConfigError(errors)
-    cluster.warnings = warnings
-    return cluster
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted key in a file's JSON, creating the objects on the way if absent."""
+    keys = path.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
 
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -218,18 +255,6 @@ def scale_scenario_json(data: dict[str, Any], factor: float) -> dict[str, Any]:
 
     result: dict[str, Any] = walk(data, None)
     return result
-
-
-def _scaled_battery(unit: UnitFiles, factor: float) -> UnitFiles:
-    capacity = unit.hw_config.battery_nominal_capacity_wh * factor
-    hw = unit.hw_config.model_copy(update={"battery_nominal_capacity_wh": capacity})
-    try:
-        scenario = Scenario.from_json(scale_scenario_json(unit.scenario.to_json(), factor))
-    except ScenarioError as error:
-        raise ConfigError(
-            [Problem(f"{unit.unit_id}/scenario.json", p, m) for p, m in error.problems]
-        ) from None
-    return dataclasses.replace(unit, hw_config=hw, scenario=scenario)
 
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:

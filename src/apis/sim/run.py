@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from apis import clock
 from apis.config.loader import Cluster
 from apis.emulator.world import World
-from apis.sim.community import SimSettings, load_community
+from apis.sim.community import SimSettings, community
 from apis.sim.driver import WorldStepper, sim_drivers
 from apis.sim.recorder import Recorder, Samples
 from apis.unit.deal import Deal
@@ -124,9 +124,14 @@ def sample_times(settings: SimSettings) -> list[float]:
 def run(
     settings: SimSettings, cluster: Cluster | None = None, progress: Progress | None = None
 ) -> RunResult:
-    """Simulate `settings.days` days; `progress` is told the simulated time once a sample."""
-    community = cluster if cluster is not None else load_community(settings)
-    world = build_world(settings, community)
+    """Simulate `settings.days` days; `progress` is told the simulated time once a sample.
+
+    `cluster` must have its files on disk for the run (see `community`); None: this run
+    writes its own copy."""
+    if cluster is None:
+        with community(settings) as files:
+            return run(settings, files, progress)
+    world = build_world(settings, cluster)
     stepper = WorldStepper(world, quiet_step_s=settings.quiet_step_s)
     recorder = Recorder(world, settings.sample_interval_s)
     times = sample_times(settings)
@@ -154,7 +159,7 @@ def run(
         from apis.unit.cluster import InProcessCluster
 
         units = InProcessCluster(
-            community, sim_drivers(stepper), seed=settings.seed, deal_logging=False
+            cluster, sim_drivers(stepper), seed=settings.seed, deal_logging=False
         )
         async with units.running():
             await timeline()

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from apis import __version__
-from apis.sim.community import SimSettings, load_community
+from apis.config.loader import Cluster
+from apis.sim.community import SimSettings, community
 from apis.sim.report import write_outputs
 from apis.sim.run import Progress, RunResult, run
 from apis.sim.summary import summarize
@@ -51,7 +52,13 @@ def simulate(
     settings: SimSettings, out: Path | None = None, progress: PhaseProgress | None = None
 ) -> SimOutcome:
     """Run (with the baseline when sharing is on) and write the outputs into `out`."""
-    cluster = load_community(settings)
+    with community(settings) as cluster:
+        return _simulate(settings, cluster, out, progress)
+
+
+def _simulate(
+    settings: SimSettings, cluster: Cluster, out: Path | None, progress: PhaseProgress | None
+) -> SimOutcome:
     total = settings.duration_s
     if settings.sharing:
         result = run(settings, cluster, _phase(progress, "sharing", total))

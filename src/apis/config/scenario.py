@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -94,13 +95,13 @@ class ScenarioBlock(ConfigModel):
                     )
         return self
 
-    @property
-    def ranges(self) -> list[StatusRange]:
-        out = []
-        for key, status in self.battery_status.items():
-            lower, upper = parse_range_key(key)
-            out.append(StatusRange(lower, upper, status))
-        return out
+    @cached_property
+    def ranges(self) -> tuple[StatusRange, ...]:
+        # Parsed once: house keeping asks for the status of every unit every few seconds.
+        return tuple(
+            StatusRange(*parse_range_key(key), status)
+            for key, status in self.battery_status.items()
+        )
 
     def status_of(self, remaining_wh: float) -> str | None:
         """The first range (file order) that holds `remaining_wh`, or None."""

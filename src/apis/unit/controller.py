@@ -168,7 +168,7 @@ class Controller:
         effective = self.state.effective_mode
         if effective != "manual":
             try:
-                deals = [s.deal for s in await self.registry.all_deals()]
+                deals = [s.deal for s in await self.registry.deals_involving(self.unit_id)]
             except Exception as e:
                 log.warning("%s: safety check: deals unreadable: %s", self.unit_id, e)
                 deals = None

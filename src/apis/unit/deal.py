@@ -235,25 +235,42 @@ class Deal:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deal:
-        kwargs: dict[str, Any] = {}
+        # Every unit parses every deal each few seconds: the fields are set directly (what
+        # the generated __init__ would do, without its per-field defaults machinery).
+        fields: dict[str, Any] = {}
         for key, value in data.items():
             name = _FIELD_NAME.get(key)
             if name is None or value is None:
                 continue  # unknown keys from newer peers are ignored
-            if name in ("reset", "abort"):
-                value = [TimedReason.from_json(r) for r in value]
-            elif name == "need_to_stop_reasons":
-                value = [str(r) for r in value]
+            if name in _LIST_FIELDS:
+                if name == "need_to_stop_reasons":
+                    value = [str(r) for r in value]
+                else:
+                    value = [TimedReason.from_json(r) for r in value]
             elif isinstance(value, list | dict):
                 value = _copy_json(value)
-            kwargs[name] = value
-        missing = [n for n in _REQUIRED if n not in kwargs]
-        if missing:
+            fields[name] = value
+        if not _REQUIRED_SET.issubset(fields):
+            missing = [n for n in _REQUIRED if n not in fields]
             raise ValueError(f"deal: missing {', '.join(_JSON_NAME[n] for n in missing)}")
-        return cls(**kwargs)
+        attributes = dict(_DEFAULTS)  # every field, in declaration order
+        attributes.update(reset=[], abort=[], need_to_stop_reasons=[])
+        attributes.update(fields)
+        deal = object.__new__(cls)
+        deal.__dict__.update(attributes)
+        return deal
 
     def copy(self) -> Deal:
-        return Deal.from_json(self.to_json())
+        """An independent copy (what ``from_json(to_json())`` gives, without the JSON)."""
+        twin = object.__new__(Deal)
+        fields = dict(self.__dict__)
+        fields["reset"] = [TimedReason(r.date_time, r.reason) for r in self.reset]
+        fields["abort"] = [TimedReason(r.date_time, r.reason) for r in self.abort]
+        fields["need_to_stop_reasons"] = list(self.need_to_stop_reasons)
+        if self.test_feature is not None:
+            fields["test_feature"] = _copy_json(self.test_feature)
+        twin.__dict__.update(fields)
+        return twin
 
 
 def _copy_json(value: Any) -> Any:
@@ -271,3 +288,9 @@ _REQUIRED = [
     for f in dataclasses.fields(Deal)
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 ]
+_REQUIRED_SET = frozenset(_REQUIRED)
+_LIST_FIELDS = frozenset(("reset", "abort", "need_to_stop_reasons"))
+_DEFAULTS = {  # required fields are always given: None here is only their place
+    f.name: None if f.default is dataclasses.MISSING else f.default
+    for f in dataclasses.fields(Deal)
+}

@@ -77,6 +77,8 @@ class Registry:
         self.deals = deals
         self.need_to_stop = need_to_stop
         self.grid_master_kv = grid_master
+        # deal id -> (stored JSON, its Deal): a deal is parsed again only when it changed
+        self._parsed: dict[str, tuple[JSON, Deal]] = {}
 
     @classmethod
     async def open(cls, bus: Bus) -> Registry:
@@ -160,15 +162,51 @@ class Registry:
     async def deal(self, deal_id: str) -> StoredDeal | None:
         entry = await self.deals.get(deal_id)
         if entry is None:
+            self._parsed.pop(deal_id, None)
             return None
-        return StoredDeal(Deal.from_json(entry.value), entry.revision)
+        return self._stored(deal_id, entry)
+
+    def _stored(self, deal_id: str, entry: Entry) -> StoredDeal:
+        parsed = self._parsed.get(deal_id)
+        if parsed is None or parsed[0] != entry.value:
+            parsed = (entry.value, Deal.from_json(entry.value))
+            self._parsed[deal_id] = parsed
+        return StoredDeal(parsed[1].copy(), entry.revision)  # the caller may edit its deal
+
+    def _forget_all_but(self, keys: list[str]) -> None:
+        if len(self._parsed) > len(keys):
+            for gone in self._parsed.keys() - set(keys):
+                del self._parsed[gone]
 
     async def all_deals(self) -> list[StoredDeal]:
         out = []
-        for key in await self.deals.keys():
+        keys = await self.deals.keys()
+        for key in keys:
             stored = await self.deal(key)
             if stored is not None:
                 out.append(stored)
+        self._forget_all_but(keys)
+        return out
+
+    async def deals_involving(self, unit_id: str) -> list[StoredDeal]:
+        """The deals `unit_id` takes part in (what `all_deals` gives, filtered), without
+        parsing the others: every unit asks at each acquisition."""
+        out = []
+        keys = await self.deals.keys()
+        for key in keys:
+            entry = await self.deals.get(key)
+            if entry is None:
+                continue
+            value = entry.value
+            if isinstance(value, dict):
+                charge, discharge = value.get("chargeUnitId"), value.get("dischargeUnitId")
+                if isinstance(charge, str) and isinstance(discharge, str) and (
+                    unit_id != charge and unit_id != discharge
+                ):
+                    continue  # well-formed and not ours (a malformed one is parsed: it fails)
+            stored = self._stored(key, entry)
+            out.append(stored)
+        self._forget_all_but(keys)
         return out
 
     async def update_deal(self, deal: Deal, revision: int) -> int:

@@ -72,15 +72,17 @@ class Mediator:
 
     async def subscribe(self) -> list[Any]:
         bus = self.bus
-        return [
+        subscriptions = [
             await bus.subscribe(subjects.MEDIATOR_EXTERNAL_REQUEST, self._on_external_request),
             await bus.subscribe(subjects.interlock_deal(self.unit_id), self._on_interlock),
             await bus.subscribe(subjects.MEDIATOR_DEAL_CREATE, self._on_create, queue="mediator"),
             await bus.subscribe(subjects.MEDIATOR_DEALS, self._on_deals, queue="mediator"),
-            await bus.subscribe(subjects.MEDIATOR_DEAL_LOG, self._on_deal_log),
             await bus.subscribe(subjects.MEDIATOR_DEAL_NEED_TO_STOP, self._on_need_to_stop,
                                 queue="mediator"),
         ]
+        if self.deal_log is not None:  # without a log there is nothing to do with one
+            subscriptions.append(await bus.subscribe(subjects.MEDIATOR_DEAL_LOG, self._on_deal_log))
+        return subscriptions
 
     # ---- house keeping and negotiation ----------------------------------------------------
 

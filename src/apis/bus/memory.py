@@ -132,6 +132,11 @@ def _subject_matches(pattern: tuple[str, ...], subject: list[str]) -> bool:
     return len(pattern) == len(subject)
 
 
+def _time_out(future: asyncio.Future[JSON], subject: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(f"no reply on {subject} within {timeout} s"))
+
+
 def _failure_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -527,16 +532,17 @@ class MemoryBus:
         self._check_open()
         hub = self.hub
         inbox = f"{self._inbox_prefix}{next(self._inbox_ids)}"
-        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[JSON] = loop.create_future()
         hub._inboxes[inbox] = _Inbox(self, future)
+        # One timer that fails the future (cheaper than an asyncio.timeout scope per request).
+        timer = loop.call_at(loop.time() + timeout, _time_out, future, subject, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                if self._connected and hub._route(self, subject, payload, headers, inbox) < 0:
-                    raise NoHandlers(f"no handlers for {subject}")
-                return await future
-        except TimeoutError:
-            raise RequestTimeout(f"no reply on {subject} within {timeout} s") from None
+            if self._connected and hub._route(self, subject, payload, headers, inbox) < 0:
+                raise NoHandlers(f"no handlers for {subject}")
+            return await future
         finally:
+            timer.cancel()
             del hub._inboxes[inbox]
 
     # -- key-value ------------------------------------------------------------------------

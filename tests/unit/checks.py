@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -24,21 +25,25 @@ def assert_within_limits(rig: Rig) -> None:
             assert r.min <= w.dvg <= r.max, w
 
 
-def assert_deals_recorded(rig: Rig, live: list[str]) -> list[dict[str, Any]]:
+def assert_deals_recorded(
+    rig: Rig, live: list[str], down: Callable[[str, float], bool] | None = None
+) -> list[dict[str, Any]]:
     """Every finished deal that reached the converters has a file on each live unit of it,
-    saying how it ended (deactivated, aborted or scrammed) and how much energy moved."""
+    saying how it ended (deactivated, aborted or scrammed) and how much energy moved.
+    `down(unit, t)`: the unit's process was not running at loop time `t` (it could not
+    write the final record then)."""
     records = []
     for finished in rig.cluster.finished:
         deal = finished.deal
         if deal.activate_date_time in (None, "--") and not deal.reset:
             continue
         for unit in (deal.charge_unit_id, deal.discharge_unit_id):
-            if unit not in live:
+            if unit not in live or (down is not None and down(unit, finished.at)):
                 continue
             files = [p for p in rig.deal_files(unit) if p.name == deal.deal_id]
             assert files, f"no deal file for {deal.deal_id} on {unit}"
             data = rig.read_deal_file(files[0])
-            assert data.get("deactivateDateTime") or data.get("scramDateTime"), data
+            assert data.get("deactivateDateTime") or data.get("scramDateTime"), (unit, data)
             started = data.get("startDateTime") not in (None, "--")
             if started:
                 assert isinstance(data.get("cumulateAmountWh"), int | float), data

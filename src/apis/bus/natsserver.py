@@ -54,11 +54,25 @@ def find_nats_server() -> Path:
     )
 
 
+PORT_ATTEMPTS = 3
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1 (all held open while choosing)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,24 +173,37 @@ class NatsCluster:
         else:
             self._tempdir = tempfile.TemporaryDirectory(prefix="apis-nats-")
             self.directory = Path(self._tempdir.name)
-        try:
-            self.servers = [self._spec(i) for i in range(self.size)]
-            for spec in self.servers:
-                spec.config_file.write_text(self._config(spec))
-            self.processes = [self._spawn(spec) for spec in self.servers]
-            await self.wait_ready()
-        except BaseException:
-            await self.stop()
-            raise
+        # A free port can be taken by another program between our look and the server's
+        # bind; then the server exits with "address already in use" and we try new ports.
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                ports = free_ports(3 * self.size)
+                self.servers = [self._spec(i, ports[3 * i: 3 * i + 3]) for i in range(self.size)]
+                for spec in self.servers:
+                    spec.config_file.write_text(self._config(spec))
+                self.processes = [self._spawn(spec) for spec in self.servers]
+                await self.wait_ready()
+                return
+            except NatsServerError as e:
+                await self._stop_processes()
+                if "address already in use" not in str(e) or attempt + 1 == PORT_ATTEMPTS:
+                    await self.stop()
+                    raise
+                for spec in self.servers:  # start the next attempt from empty stores
+                    shutil.rmtree(spec.store_dir, ignore_errors=True)
+            except BaseException:
+                await self.stop()
+                raise
 
-    def _spec(self, index: int) -> ServerSpec:
+    def _spec(self, index: int, ports: list[int]) -> ServerSpec:
         assert self.directory is not None
         name = f"n{index + 1}"
+        client_port, cluster_port, monitor_port = ports
         return ServerSpec(
             name=name,
-            client_port=free_port(),
-            cluster_port=free_port(),
-            monitor_port=free_port(),
+            client_port=client_port,
+            cluster_port=cluster_port,
+            monitor_port=monitor_port,
             store_dir=self.directory / name / "store",
             config_file=self.directory / f"{name}.conf",
             log_file=self.directory / f"{name}.log",
@@ -311,6 +338,12 @@ class NatsCluster:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Terminate every server, kill what is still there after `grace`, remove the temp dir."""
+        await self._stop_processes(grace)
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    async def _stop_processes(self, grace: float = 10.0) -> None:
         for process in self.processes:
             if process is not None and process.poll() is None:
                 process.terminate()
@@ -327,6 +360,3 @@ class NatsCluster:
                 process.kill()
                 process.wait()
             self.processes[index] = None
-        if self._tempdir is not None:
-            self._tempdir.cleanup()
-            self._tempdir = None

@@ -129,8 +129,9 @@ class UserService:
         offer["dateTime"] = data.apis_time
         return offer
 
-    async def request_now(self) -> Offer | None:
-        """House keeping (section 2.2): the request to make now, or None."""
+    async def _trading_context(self) -> tuple[UnitData, ScenarioBlock] | None:
+        """The unit data and scenario block to decide on, or None when this unit may not
+        trade now (the common preconditions of a request and an accept)."""
         if not await self.may_trade():
             return None
         data = self.controller.data
@@ -139,6 +140,14 @@ class UserService:
         block = self.block_for(data)
         if block is None:
             return None
+        return data, block
+
+    async def request_now(self) -> Offer | None:
+        """House keeping (section 2.2): the request to make now, or None."""
+        context = await self._trading_context()
+        if context is None:
+            return None
+        data, block = context
         try:
             offer = evaluate_request(block, self.remaining_wh(data))
         except ScenarioEvaluationError as e:
@@ -150,14 +159,10 @@ class UserService:
 
     async def accept_for(self, request: Offer) -> Offer | None:
         """The accept for a foreign request, or None (section 3.2)."""
-        if not await self.may_trade():
+        context = await self._trading_context()
+        if context is None:
             return None
-        data = self.controller.data
-        if data is None:
-            return None
-        block = self.block_for(data)
-        if block is None:
-            return None
+        data, block = context
         try:
             offer = evaluate_accept(block, self.remaining_wh(data), request, self.unit_id)
         except ScenarioEvaluationError as e:

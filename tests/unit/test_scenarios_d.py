@@ -94,6 +94,8 @@ def test_scenario_34_static_range_violation(tmp_path: Path) -> None:
         await until(lambda: mode_of(rig, "E001") is WAIT and mode_of(rig, "E002") is WAIT, 30)
         errors = c.units["E001"].errors
         assert errors is not None
+        # the handling round ends after its actions (the deal is gone before it does)
+        await until(lambda: bool(errors.handled), 30)
         return ended, [str(e) for e in errors.handled]
 
     deal, handled = rig.run(scenario)
@@ -252,6 +254,7 @@ def test_scenario_37_local_stop_survives_restart(tmp_path: Path) -> None:
         ended = await until_finished(rig, deal_id, timeout=60)
         errors = c.units["E001"].errors
         assert errors is not None
+        await until(lambda: bool(errors.handled), 30)  # the round ends after its actions
         handled = [str(e) for e in errors.handled]
         await c.kill_unit("E001")
         unit = c.start_unit("E001")

@@ -72,6 +72,22 @@ COMMANDS = (
 )
 
 
+# A tick due within this much of now is due now (float loop times).
+TICK_TOLERANCE_S = 1e-3
+
+
+def acquisition_wait(now: float, acquired_at: float, period: float) -> float:
+    """How long the acquisition loop waits before reading (0: read now).
+
+    An urgent read less than `period` ago postpones the tick to `period` after it. A
+    remainder within `TICK_TOLERANCE_S` counts as due: smaller than the float resolution of
+    a large loop time, it would be a sleep that takes no time, and on a virtual clock the
+    loop would spin on it for ever.
+    """
+    since = now - acquired_at
+    return period - since if since < period - TICK_TOLERANCE_S else 0.0
+
+
 class CommandError(Exception):
     """A converter command was refused or failed; the message says which and why."""
 
@@ -142,9 +158,9 @@ class Controller:
         period = self.policy.controller.data_acquisition_period_msec / 1000
         loop = asyncio.get_running_loop()
         while True:
-            since = loop.time() - self._acquired_at
-            if since < period:  # an urgent read happened meanwhile: skip this tick
-                await asyncio.sleep(period - since)
+            wait = acquisition_wait(loop.time(), self._acquired_at, period)
+            if wait > 0:  # an urgent read happened meanwhile: skip this tick
+                await asyncio.sleep(wait)
                 continue
             try:
                 data = await self.acquire()

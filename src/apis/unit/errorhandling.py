@@ -5,7 +5,8 @@ the Grid Master caches every other error of a member (see `GridMaster`). WARN is
 logged. The publisher caches its own errors at once (header `apisOrigin` = its instance ID
 tells it to skip the copy the bus brings back), so a unit whose bus is gone still stops.
 
-Every `user.errorHandlingPeriodMsec` the cached LOCAL errors are taken and the merged actions
+At the next tick of `user.errorHandlingPeriodMsec` after one is cached (the loop sleeps
+while none is), the cached LOCAL errors are taken and the merged actions
 of section 11.2 run in order: AskAndWaitForStopDeals, StopLocal, (mark stopping),
 DeactivateGridMaster, ResetLocal, ShutdownLocal. "Has local errors" stays true while errors
 are cached or handled and for `user.errorSustainingMsec` after each handling round.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -69,6 +71,7 @@ class ErrorHandling:
         self.handled: deque[ErrorRecord] = deque(maxlen=HISTORY)
         self.actions_run: deque[tuple[float, str]] = deque(maxlen=HISTORY)
         self._handling = False
+        self._pending = asyncio.Event()  # set when a LOCAL error is cached
 
     # ---- reporting -----------------------------------------------------------------------
 
@@ -95,9 +98,13 @@ class ErrorHandling:
             log.error("%s", record)
         if record.extent == "LOCAL":
             if record.unit_id == self.unit_id and record.level != "WARN":
-                self.state.local_errors.append(record)
+                self._cache_local(record)
         else:
             self._global_sink(record)
+
+    def _cache_local(self, record: ErrorRecord) -> None:
+        self.state.local_errors.append(record)
+        self._pending.set()
 
     async def subscribe(self) -> list[Subscription]:
         return [await self.bus.subscribe(subjects.ERROR, self._on_error)]
@@ -111,7 +118,7 @@ class ErrorHandling:
         if record.extent == "LOCAL":
             if record.unit_id == self.unit_id and record.level != "WARN":
                 log.error("%s", record)
-                self.state.local_errors.append(record)
+                self._cache_local(record)
         elif record.unit_id in self.policy.member_unit_ids:
             self._global_sink(record)
         return None
@@ -129,8 +136,21 @@ class ErrorHandling:
     # ---- handling ------------------------------------------------------------------------
 
     async def handling_loop(self) -> None:
+        """Handle the cached LOCAL errors at the period's ticks, counted from the start.
+
+        The loop sleeps while nothing is cached (no wake-up every period for nothing): a
+        cached error wakes it, and it handles at the next tick, as a loop that looked every
+        period would have; errors cached until then are handled together.
+        """
+        period = self.policy.user.error_handling_period_msec / 1000
+        loop = asyncio.get_running_loop()
+        origin = loop.time()
         while True:
-            await asyncio.sleep(self.policy.user.error_handling_period_msec / 1000)
+            await self._pending.wait()
+            elapsed = loop.time() - origin
+            next_tick = origin + (math.floor(elapsed / period + 1e-9) + 1) * period
+            await asyncio.sleep(next_tick - loop.time())
+            self._pending.clear()
             await self.handle_once()
 
     async def handle_once(self) -> list[str]:

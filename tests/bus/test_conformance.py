@@ -358,3 +358,100 @@ async def test_kv_ttl_expiry(network: Network) -> None:
         assert await kv.create("lapsing", "again") > 0  # an expired key can be created again
     finally:
         await changes.aclose()  # type: ignore[attr-defined]
+
+
+async def test_receivers_do_not_share_a_payload(network: Network) -> None:
+    a = await network.connect("E001")
+    b = await network.connect("E002")
+    subject = unique("apis.alias.fanout")
+    on_a, on_b = Inbox(), Inbox()
+    await a.subscribe(subject, on_a)
+    await b.subscribe(subject, on_b)
+    payload = {"deal": {"amounts": [1, 2]}, "pair": (3, 4)}
+    await a.publish(subject, payload)
+    first, second = (await on_a.next()).payload, (await on_b.next()).payload
+    first["deal"]["amounts"].append(99)
+    assert second == {"deal": {"amounts": [1, 2]}, "pair": [3, 4]}  # a tuple travels as a list
+    assert payload == {"deal": {"amounts": [1, 2]}, "pair": (3, 4)}
+
+
+async def gone_only_ready(kv: Any, changes: Any, key: str = "sync") -> list[Change]:
+    """Create and delete `key` until `changes` reports a delete of it.
+
+    A NATS watch starts with its first iteration, so this is how a test learns that it runs;
+    returns what `changes` gave meanwhile (one delete of `key`).
+    """
+    seen: list[Change] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    pending = asyncio.ensure_future(anext(changes))
+    try:
+        while True:
+            await kv.put(key, 1)
+            await kv.delete(key)
+            done, _ = await asyncio.wait([pending], timeout=0.2)
+            if done:
+                seen.append(pending.result())
+                return seen
+            assert loop.time() < deadline, "the gone_only watch never saw a delete"
+    finally:
+        if not pending.done():
+            pending.cancel()
+            await asyncio.wait([pending])
+
+
+async def next_gone(changes: Any, sync: str = "sync") -> Change:
+    """The next change other than a late delete of the key `gone_only_ready` used."""
+    change = await next_change(changes)
+    while change == Change(sync, None):
+        change = await next_change(changes)
+    return change
+
+
+async def test_kv_watch_gone_only_sees_deletes_but_no_entries_or_puts(network: Network) -> None:
+    a = await network.connect("E001")
+    b = await network.connect("E002")
+    bucket = unique("interlock")
+    kv_a = await a.kv(bucket)
+    kv_b = await b.kv(bucket)
+    await kv_a.put("current", {"n": 0})
+    await kv_a.put("old", 1)
+    await kv_a.delete("old")  # deleted before the watch: not reported
+    changes = kv_b.watch(gone_only=True)
+    try:
+        assert await gone_only_ready(kv_a, changes) == [Change("sync", None)]
+        first = await kv_a.create("lease", "E001")
+        second = await kv_a.update("lease", "E001", first)
+        await kv_a.put("current", {"n": 1})
+        await kv_a.delete("lease", second)
+        assert await next_gone(changes) == Change("lease", None)
+        await kv_a.delete("current")
+        assert await next_gone(changes) == Change("current", None)
+    finally:
+        await changes.aclose()  # type: ignore[attr-defined]
+
+
+async def test_kv_watch_gone_only_with_prefix_sees_expiry(network: Network) -> None:
+    a = await network.connect("E001")
+    kv = await a.kv(unique("lease"), ttl=1.0)
+    changes = kv.watch("gm.", gone_only=True)
+    pending: asyncio.Future[Change] | None = None
+    try:
+        assert await gone_only_ready(kv, changes, "gm.sync") == [Change("gm.sync", None)]
+        await kv.put("gm.lapsing", "E001")
+        await kv.put("gm.kept", "E002")
+        await kv.put("other", "x")  # not under the prefix: its expiry is not reported
+        pending = asyncio.ensure_future(next_gone(changes, "gm.sync"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while not pending.done():  # rewriting "gm.kept" keeps it alive; "gm.lapsing" expires
+            assert loop.time() < deadline, "no expiry seen"
+            await kv.put("gm.kept", "E002")
+            await asyncio.wait([pending], timeout=0.3)
+        assert pending.result() == Change("gm.lapsing", None)
+        assert await kv.get("gm.kept") is not None
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.wait([pending])
+        await changes.aclose()  # type: ignore[attr-defined]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import time
 from typing import Any
 
@@ -18,7 +20,7 @@ from apis.bus.base import (
     RemoteFailure,
     RequestTimeout,
 )
-from apis.bus.memory import MemoryBus, MemoryHub, copy_json
+from apis.bus.memory import MemoryBus, MemoryHub, _message, copy_json
 
 HOUR = 3600.0
 
@@ -380,3 +382,161 @@ def test_throughput_figure(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\nmemory bus: {published:,.0f} published msg/s, {requested:,.0f} requests/s")
     assert published > 1000
+
+
+def test_gone_only_watcher_is_not_woken_by_puts() -> None:
+    async def main() -> None:
+        hub = MemoryHub()
+        writer, reader = hub.connect("E001"), hub.connect("E002")
+        kv = await writer.kv("apis_grid_master", ttl=10.0)
+        revision = await kv.create("gridMasterUnitId", "E001")
+        changes = (await reader.kv("apis_grid_master", ttl=10.0)).watch(
+            "gridMasterUnitId", gone_only=True
+        )
+        resumed = 0
+        seen: list[Change] = []
+
+        async def drain() -> None:
+            nonlocal resumed
+            async for change in changes:
+                resumed += 1
+                seen.append(change)
+
+        task = asyncio.create_task(drain())
+        await asyncio.sleep(0)
+        bucket = hub._buckets["apis_grid_master"]
+        (watcher,) = bucket.watchers
+        assert bucket.value_watchers == []  # puts do not even look at it
+        waiter = watcher.waiter
+        assert waiter is not None
+        for _ in range(100):
+            revision = await kv.update("gridMasterUnitId", "E001", revision)
+            await asyncio.sleep(1)
+        assert (resumed, len(watcher.pending), watcher.waiter) == (0, 0, waiter)
+        assert not waiter.done()
+        await asyncio.sleep(10)  # the lease is no longer renewed: it expires
+        assert seen == [Change("gridMasterUnitId", None)]
+        await writer.close()
+        await reader.close()
+        await task
+
+    run_virtual(main)
+
+
+def test_gone_only_watcher_catches_up_on_missed_deletes() -> None:
+    async def main() -> None:
+        hub = MemoryHub(kv_timeout=1.0)
+        e1, e2 = hub.connect("E001"), hub.connect("E002")
+        kv1 = await e1.kv("deals")
+        for key in ["gone", "back", "kept"]:
+            await kv1.put(key, {"key": key})
+        seen: list[Change] = []
+
+        async def watch() -> None:
+            async for change in (await e2.kv("deals")).watch(gone_only=True):
+                seen.append(change)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0)
+        e2.disconnect()
+        await kv1.delete("gone")
+        await kv1.delete("back")
+        await kv1.put("back", {"key": "back", "again": True})  # not gone when e2 returns
+        await kv1.put("kept", {"key": "kept", "n": 2})
+        await kv1.put("new", 1)
+        await asyncio.sleep(1)
+        assert seen == []
+        e2.reconnect()
+        await asyncio.sleep(0)
+        assert seen == [Change("gone", None)]
+        await kv1.delete("kept")
+        await asyncio.sleep(0)
+        assert seen == [Change("gone", None), Change("kept", None)]
+        await e1.close()
+        await e2.close()
+        await watcher
+
+    run_virtual(main)
+
+
+def test_ended_handler_tasks_are_dropped_and_close_cancels_the_rest() -> None:
+    async def main() -> None:
+        hub = MemoryHub()
+        a, b = hub.connect("E001"), hub.connect("E002")
+        cancelled = 0
+
+        async def handler(message: Message) -> Any:
+            nonlocal cancelled
+            if message.payload % 100 == 0:  # one in a hundred never ends
+                try:
+                    await asyncio.sleep(HOUR)
+                except asyncio.CancelledError:
+                    cancelled += 1
+                    raise
+
+        await b.subscribe("apis.E002.x", handler)
+        for i in range(5000):
+            await a.publish("apis.E002.x", i)
+            if i % 10 == 9:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        live = [task for task in b._tasks if not task.done()]
+        assert len(live) == 50
+        assert len(b._tasks) <= 2 * 50 + 64 + 10  # ended ones pruned as the list grows
+        await b.close()
+        assert cancelled == 50
+        assert all(task.done() for task in live)
+        assert b._tasks == []
+        await a.close()
+
+    run_virtual(main)
+
+
+def test_message_is_built_as_the_dataclass_would() -> None:
+    headers = {"a": "b"}
+    built = _message("apis.x", {"n": 1}, headers, "_INBOX.1.1")
+    expected = Message("apis.x", {"n": 1}, headers, "_INBOX.1.1")
+    assert built == expected and repr(built) == repr(expected)
+    for field in dataclasses.fields(Message):  # every field is set (one added later, too)
+        assert getattr(built, field.name) == getattr(expected, field.name)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.subject = "apis.y"  # type: ignore[misc]
+
+
+def test_copy_json_semantics() -> None:
+    class Mode(enum.StrEnum):
+        AUTO = "autonomous"
+
+    value: dict[str, Any] = {
+        "l": [[1, {"x": [2]}], (3, (4,))],
+        "mode": Mode.AUTO,
+        "f": -0.0,
+        "n": None,
+    }
+    copied = copy_json(value)
+    assert copied == {"l": [[1, {"x": [2]}], [3, [4]]], "mode": "autonomous", "f": -0.0, "n": None}
+    assert type(copied["mode"]) is str
+    assert (
+        copied["l"][0] is not value["l"][0] and copied["l"][0][1]["x"] is not value["l"][0][1]["x"]
+    )
+    assert copy_json({Mode.AUTO: 1}) == {"autonomous": 1}
+    assert type(next(iter(copy_json({Mode.AUTO: 1})))) is str
+    for bad in [{"when": object()}, [1, {2, 3}], {"a": [b"bytes"]}]:
+        with pytest.raises(TypeError, match="is not a JSON value"):
+            copy_json(bad)
+    with pytest.raises(TypeError, match=r"payload <object object at .*> is not a JSON value"):
+        copy_json({"a": {"b": object()}})  # names the value, not the whole payload
+
+
+async def test_kv_values_must_be_json_and_are_copied() -> None:
+    bus = MemoryBus()
+    kv = await bus.kv("b")
+    with pytest.raises(TypeError, match="is not a JSON value"):
+        await kv.put("k", {"when": object()})
+    assert await kv.get("k") is None
+    value: dict[str, Any] = {"units": ["E001"], "pair": (1, 2)}
+    await kv.put("k", value)
+    value["units"].append("E002")
+    entry = await kv.get("k")
+    assert entry is not None and entry.value == {"units": ["E001"], "pair": [1, 2]}
+    await bus.close()

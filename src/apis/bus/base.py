@@ -89,10 +89,16 @@ class KeyValue(Protocol):
 
     async def keys(self, prefix: str = "") -> list[str]: ...
 
-    def watch(self, prefix: str = "") -> AsyncIterator[Change]:
+    def watch(self, prefix: str = "", *, gone_only: bool = False) -> AsyncIterator[Change]:
         """The entries under `prefix` now (oldest revision first), then every change.
 
         Deletes and TTL expiry arrive as a Change with entry None. Ends when the bus closes.
+
+        With `gone_only`, only those: no current entries and no puts, just a Change with entry
+        None for each key under `prefix` that is deleted or expires (for a watcher that only
+        needs to learn that a lease is gone; an implementation may then skip the work puts
+        would cost it). A watcher that was cut off learns, when it is back, of the keys whose
+        latest state is deleted; a key deleted and written again meanwhile is not gone.
         """
         ...
 

@@ -17,7 +17,9 @@ Semantics, chosen to match the NATS implementation:
   subscription order, so a run is reproducible for a given sequence of calls.
 - A request goes where a published message would go; the first reply wins (as in NATS). With
   nobody subscribed: `NoHandlers`. A handler that raises gives the requester `RemoteFailure`.
-- Payloads are copied on delivery (a receiver may mutate what it gets) and must be JSON values.
+- Payloads are copied on delivery (a receiver may mutate what it gets) and must be JSON values;
+  key-value values are copied on the way in and on the way out. (A recursive copy: on the
+  units' payloads it is faster than a JSON round trip, even one serialisation per publish.)
 - Faults: ``bus.disconnect()`` cuts one endpoint off (its messages are dropped, its requests
   and key-value operations time out, its watchers miss changes and catch up on
   ``bus.reconnect()``); ``hub.partition(["E001", "E002"], ...)`` splits the network into
@@ -25,7 +27,8 @@ Semantics, chosen to match the NATS implementation:
   store); ``hub.heal()`` rejoins them; ``await bus.close()`` is a process kill (subscriptions
   go, handler tasks are cancelled).
 - Key-value revisions are one counter per bucket (like a JetStream stream sequence); a delete
-  or expiry takes a revision too. `watch` yields the current entries first, then changes.
+  or expiry takes a revision too. `watch` yields the current entries first, then changes;
+  ``watch(gone_only=True)`` only deletes and expiry, and puts do not wake it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import itertools
 import json
 import logging
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,29 +62,54 @@ log = logging.getLogger(__name__)
 INBOX_PREFIX = "_INBOX."
 _KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
 _BUCKET_RE = re.compile(r"[a-zA-Z0-9_-]+")
-_SCALARS = (str, int, float, bool, type(None))
-_EMPTY_HEADERS: Mapping[str, str] = {}
+_SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))  # immutable: shared
+_valid_keys: set[str] = set()  # keys that passed check_key
+_MIN_PRUNE_AT = 64  # handler tasks kept before ended ones are first dropped
+
+# `Message` is a frozen dataclass, whose __init__ sets each field through
+# object.__setattr__; setting the slots directly builds the same object in half the time.
+_new_object = object.__new__
+_set_subject = Message.__dict__["subject"].__set__
+_set_payload = Message.__dict__["payload"].__set__
+_set_headers = Message.__dict__["headers"].__set__
+_set_reply = Message.__dict__["reply"].__set__
+
+
+def _message(subject: str, payload: JSON, headers: Mapping[str, str], reply: str | None) -> Message:
+    """``Message(subject, payload, headers, reply)``, faster."""
+    message: Message = _new_object(Message)
+    _set_subject(message, subject)
+    _set_payload(message, payload)
+    _set_headers(message, headers)
+    _set_reply(message, reply)
+    return message
 
 
 def copy_json(value: JSON) -> JSON:
-    """A deep copy of a JSON value; TypeError if it is not one (as JSON encoding would)."""
+    """A deep copy of a JSON value; TypeError if it is not one (as JSON encoding would).
+
+    Tuples become lists, dict keys that are not plain strings become strings (as on the
+    wire). Dicts and lists are copied in C (``dict.copy``, ``list``) and only their
+    containers are then replaced by copies, which is about twice as fast as building them
+    item by item, and (measured, see benchmarks/bus_overhead.py) faster on the units'
+    payloads than a JSON, marshal or pickle round trip.
+    """
     kind = type(value)
     if kind is dict:
-        copied: dict[str, JSON] = {}
+        copied = value.copy()
         for key, item in value.items():
             if type(key) is not str:
                 return _copy_via_json(value)
-            item_kind = type(item)
-            if item_kind is dict or item_kind is list:
-                copied[key] = copy_json(item)
-            elif item_kind in _SCALARS:
-                copied[key] = item
-            else:
+            if type(item) not in _SCALAR_TYPES:
                 copied[key] = copy_json(item)
         return copied
     if kind is list or kind is tuple:
-        return [item if type(item) in _SCALARS else copy_json(item) for item in value]
-    if kind in _SCALARS:
+        items = list(value)
+        for i, item in enumerate(items):
+            if type(item) not in _SCALAR_TYPES:
+                items[i] = copy_json(item)
+        return items
+    if kind in _SCALAR_TYPES:
         return value
     return _copy_via_json(value)
 
@@ -176,10 +205,26 @@ _END = object()
 
 @dataclass(eq=False, slots=True)
 class _Watcher:
+    """One `watch` iterator: the changes waiting for it and the future it sleeps on.
+
+    (Lighter than an asyncio.Queue: one put is an append and, when the iterator sleeps, one
+    `set_result`.)
+    """
+
     bus: MemoryBus
     prefix: str
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    gone_only: bool = False  # only deletes and expiry; not woken by puts
     last_revision: int = 0
+    pending: deque[Any] = field(default_factory=deque)
+    waiter: asyncio.Future[None] | None = None
+
+    def push(self, item: Any) -> None:
+        self.pending.append(item)
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class _Bucket:
@@ -191,6 +236,7 @@ class _Bucket:
         self.revision = 0
         self.slots: dict[str, _Slot] = {}
         self.watchers: list[_Watcher] = []
+        self.value_watchers: list[_Watcher] = []  # the watchers that also want puts
 
     def live(self, key: str) -> _Slot | None:
         slot = self.slots.get(key)
@@ -231,30 +277,61 @@ class _Bucket:
             self.remove(key)
 
     def _notify(self, key: str, revision: int, value: JSON) -> None:
-        for watcher in self.watchers:
+        if value is None:
+            watchers = self.watchers
+            if not watchers:
+                return
+            shared: Change | None = Change(key, None)
+        else:
+            watchers = self.value_watchers  # gone_only watchers are not even looked at
+            if not watchers:
+                return
+            # Frozen Change and Entry around an immutable value: one for all watchers.
+            shared = (
+                Change(key, Entry(key, value, revision)) if type(value) in _SCALAR_TYPES else None
+            )
+        for watcher in watchers:
             if watcher.bus.kv_reachable and key.startswith(watcher.prefix):
                 watcher.last_revision = revision
-                entry = None if value is None else Entry(key, copy_json(value), revision)
-                watcher.queue.put_nowait(Change(key, entry))
+                watcher.push(
+                    shared
+                    if shared is not None
+                    else Change(key, Entry(key, copy_json(value), revision))
+                )
 
     def add_watcher(self, watcher: _Watcher) -> None:
         self.watchers.append(watcher)
+        if not watcher.gone_only:
+            self.value_watchers.append(watcher)
         self.catch_up(watcher, initial=True)
 
+    def remove_watcher(self, watcher: _Watcher) -> None:
+        if watcher in self.watchers:
+            self.watchers.remove(watcher)
+        if watcher in self.value_watchers:
+            self.value_watchers.remove(watcher)
+
     def catch_up(self, watcher: _Watcher, initial: bool = False) -> None:
-        """Queue what `watcher` missed: the latest state of each key changed since it last saw."""
+        """Queue what `watcher` missed: the latest state of each key changed since it last saw.
+
+        A `gone_only` watcher gets only the keys whose latest state is deleted (a key
+        deleted and written again meanwhile is not gone), and nothing initially.
+        """
         if not watcher.bus.kv_reachable:
             return
-        missed = sorted(
-            (slot.revision, key)
-            for key, slot in self.slots.items()
-            if slot.revision > watcher.last_revision and key.startswith(watcher.prefix)
-        )
-        for revision, key in missed:
-            slot = self.slots[key]
-            entry = Entry(key, copy_json(slot.value), revision) if slot.live else None
-            if entry is not None or not initial:
-                watcher.queue.put_nowait(Change(key, entry))
+        if not (initial and watcher.gone_only):
+            last, prefix, gone_only = watcher.last_revision, watcher.prefix, watcher.gone_only
+            missed = sorted(
+                (slot.revision, key)
+                for key, slot in self.slots.items()
+                if slot.revision > last and key.startswith(prefix) and not (gone_only and slot.live)
+            )
+            for revision, key in missed:
+                slot = self.slots[key]
+                if slot.live:
+                    watcher.push(Change(key, Entry(key, copy_json(slot.value), revision)))
+                elif not initial:
+                    watcher.push(Change(key, None))
         watcher.last_revision = self.revision
         self.prune()
 
@@ -401,7 +478,9 @@ class MemoryHub:
         if failure is not None:
             pending.future.set_exception(RemoteFailure(failure))
         else:
-            pending.future.set_result(copy_json(payload))
+            pending.future.set_result(
+                payload if type(payload) in _SCALAR_TYPES else copy_json(payload)
+            )
 
     def _bucket(self, name: str, ttl: float | None) -> _Bucket:
         bucket = self._buckets.get(name)
@@ -422,7 +501,8 @@ class MemoryBus:
         self._zone = 0
         self._closed = False
         self._subs: list[_Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []  # handler tasks, some perhaps ended
+        self._prune_at = _MIN_PRUNE_AT
         self._watchers: list[tuple[_Bucket, _Watcher]] = []
         self._inbox_ids = itertools.count(1)
         self._inbox_prefix = f"{INBOX_PREFIX}{next(self.hub._seq)}."
@@ -467,7 +547,8 @@ class MemoryBus:
     async def publish(
         self, subject: str, payload: JSON = None, headers: Mapping[str, str] | None = None
     ) -> None:
-        self._check_open()
+        if self._closed:
+            self._check_open()
         if subject.startswith(INBOX_PREFIX):
             self.hub._answer(self, subject, payload, None)  # a reply sent by hand
             return
@@ -501,13 +582,20 @@ class MemoryBus:
         headers: Mapping[str, str] | None,
         reply: str | None,
     ) -> None:
-        kind = type(payload)
-        if kind is not str and payload is not None:
+        if type(payload) not in _SCALAR_TYPES:
             payload = copy_json(payload)
-        message = Message(subject, payload, dict(headers) if headers else {}, reply)
+        message = _message(subject, payload, dict(headers) if headers else {}, reply)
         task = asyncio.get_running_loop().create_task(self._handle(sub, message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # No done callback (it would be one more loop event per message): ended tasks are
+        # dropped when the list has doubled since the last pruning.
+        tasks = self._tasks
+        tasks.append(task)
+        if len(tasks) > self._prune_at:
+            self._prune_tasks()
+
+    def _prune_tasks(self) -> None:
+        self._tasks = live = [task for task in self._tasks if not task.done()]
+        self._prune_at = max(_MIN_PRUNE_AT, 2 * len(live))
 
     async def _handle(self, sub: _Subscription, message: Message) -> None:
         try:
@@ -529,7 +617,8 @@ class MemoryBus:
         headers: Mapping[str, str] | None = None,
         timeout: float = 5.0,
     ) -> JSON:
-        self._check_open()
+        if self._closed:
+            self._check_open()
         hub = self.hub
         inbox = f"{self._inbox_prefix}{next(self._inbox_ids)}"
         loop = asyncio.get_running_loop()
@@ -568,14 +657,15 @@ class MemoryBus:
         for sub in list(self._subs):
             await sub.unsubscribe()
         for bucket, watcher in self._watchers:
-            bucket.watchers.remove(watcher)
-            watcher.queue.put_nowait(_END)
+            bucket.remove_watcher(watcher)
+            watcher.push(_END)
         self._watchers.clear()
         for inbox, pending in list(self.hub._inboxes.items()):
             if pending.bus is self and not pending.future.done():
                 pending.future.set_exception(BusError(f"bus {self.name} closed ({inbox})"))
         current = asyncio.current_task()
-        await cancel_and_wait(task for task in self._tasks if task is not current)
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(task for task in tasks if task is not current and not task.done())
         if self in self.hub.endpoints:
             self.hub.endpoints.remove(self)
 
@@ -587,22 +677,32 @@ class MemoryKeyValue:
         self._bus = bus
         self._bucket = bucket
 
-    async def _reach(self, key: str | None) -> None:
-        self._bus._check_open()
-        if key is not None:
+    def _reachable(self, key: str | None) -> bool:
+        """Check the bus is open and `key` valid; whether the store is reachable.
+
+        (Synchronous: an operation awaits only when it cannot reach the store.)
+        """
+        bus = self._bus
+        if bus._closed:
+            bus._check_open()
+        if key is not None and key not in _valid_keys:
             check_key(key)
-        if not self._bus.kv_reachable:
-            await self._bus._unreachable(self._bucket.name)
+            if len(_valid_keys) >= 10_000:
+                _valid_keys.clear()
+            _valid_keys.add(key)
+        return bus.kv_reachable
 
     async def get(self, key: str) -> Entry | None:
-        await self._reach(key)
+        if not self._reachable(key):
+            await self._bus._unreachable(self._bucket.name)
         slot = self._bucket.live(key)
         if slot is None:
             return None
         return Entry(key, copy_json(slot.value), slot.revision)
 
     async def create(self, key: str, value: JSON) -> int:
-        await self._reach(key)
+        if not self._reachable(key):
+            await self._bus._unreachable(self._bucket.name)
         if value is None:
             raise ValueError(f"value for {key!r} is None (None marks a deleted key)")
         if self._bucket.live(key) is not None:
@@ -610,7 +710,8 @@ class MemoryKeyValue:
         return self._bucket.write(key, copy_json(value))
 
     async def update(self, key: str, value: JSON, revision: int) -> int:
-        await self._reach(key)
+        if not self._reachable(key):
+            await self._bus._unreachable(self._bucket.name)
         if value is None:
             raise ValueError(f"value for {key!r} is None (None marks a deleted key)")
         slot = self._bucket.live(key)
@@ -623,13 +724,15 @@ class MemoryKeyValue:
         return self._bucket.write(key, copy_json(value))
 
     async def put(self, key: str, value: JSON) -> int:
-        await self._reach(key)
+        if not self._reachable(key):
+            await self._bus._unreachable(self._bucket.name)
         if value is None:
             raise ValueError(f"value for {key!r} is None (None marks a deleted key)")
         return self._bucket.write(key, copy_json(value))
 
     async def delete(self, key: str, revision: int | None = None) -> None:
-        await self._reach(key)
+        if not self._reachable(key):
+            await self._bus._unreachable(self._bucket.name)
         if revision is not None:
             slot = self._bucket.live(key)
             if slot is None or slot.revision != revision:
@@ -641,33 +744,42 @@ class MemoryKeyValue:
         self._bucket.remove(key)
 
     async def keys(self, prefix: str = "") -> list[str]:
-        await self._reach(None)
+        if not self._reachable(None):
+            await self._bus._unreachable(self._bucket.name)
         return sorted(
             key for key, slot in self._bucket.slots.items() if slot.live and key.startswith(prefix)
         )
 
-    def watch(self, prefix: str = "") -> AsyncIterator[Change]:
+    def watch(self, prefix: str = "", *, gone_only: bool = False) -> AsyncIterator[Change]:
         """Current entries under `prefix` (oldest revision first), then every change.
 
+        With `gone_only`: only deletes and expiry (changes with entry None), nothing for the
+        current entries, and puts do not wake the iterator at all.
         The watch starts when `watch` is called, not at the first iteration. It ends when the
         bus closes; leaving the loop early (break) also ends it.
         """
         self._bus._check_open()
-        watcher = _Watcher(self._bus, prefix)
+        watcher = _Watcher(self._bus, prefix, gone_only)
         self._bus._watchers.append((self._bucket, watcher))
         self._bucket.add_watcher(watcher)
         return self._changes(watcher)
 
     async def _changes(self, watcher: _Watcher) -> AsyncIterator[Change]:
+        pending = watcher.pending
         try:
             while True:
-                change = await watcher.queue.get()
+                if not pending:
+                    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    watcher.waiter = waiter
+                    await waiter
+                    continue
+                change = pending.popleft()
                 if change is _END:
                     return
                 yield change
         finally:
-            if watcher in self._bucket.watchers:
-                self._bucket.watchers.remove(watcher)
+            watcher.waiter = None
+            self._bucket.remove_watcher(watcher)
             if (self._bucket, watcher) in self._bus._watchers:
                 self._bus._watchers.remove((self._bucket, watcher))
             self._bucket.prune()

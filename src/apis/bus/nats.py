@@ -562,20 +562,25 @@ class NatsKeyValue:
         found = await self._bus._retry(f"keys of {self.bucket}", list_keys)
         return sorted(key for key in found if key.startswith(prefix))
 
-    def watch(self, prefix: str = "") -> AsyncIterator[Change]:
+    def watch(self, prefix: str = "", *, gone_only: bool = False) -> AsyncIterator[Change]:
         """Current entries under `prefix` (oldest revision first), then every change.
 
+        With `gone_only`: only deletes and expiry (changes with entry None), nothing for the
+        current entries. The server still sends every change (without its value); the
+        others are dropped here.
         The watch starts at the first iteration (the subscription needs the server).
         """
         self._bus._check_open()
-        return self._changes(prefix)
+        return self._changes(prefix, gone_only)
 
-    async def _changes(self, prefix: str) -> AsyncIterator[Change]:
+    async def _changes(self, prefix: str, gone_only: bool) -> AsyncIterator[Change]:
         # Filter on the server by whole tokens, then by the exact prefix here.
         cut = prefix.rfind(".")
         subject_filter = prefix[: cut + 1] + ">" if cut >= 0 else ">"
         watcher = await self._bus._retry(
-            f"watch {self.bucket}", lambda: self._handle.watch(subject_filter)
+            f"watch {self.bucket}",
+            # gone_only needs no values: headers only (the operation is in a header)
+            lambda: self._handle.watch(subject_filter, meta_only=gone_only),
         )
         self._bus._watchers.add(watcher)
         initial = True
@@ -589,7 +594,7 @@ class NatsKeyValue:
                 if update.operation in _DELETE_OPERATIONS:
                     if not initial:
                         yield Change(update.key, None)
-                else:
+                elif not gone_only:
                     value = decode(update.value or b"")
                     yield Change(update.key, Entry(update.key, value, update.revision or 0))
         finally:

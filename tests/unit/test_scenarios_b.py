@@ -20,6 +20,7 @@ from apis.unit.user import (
     select_accept,
 )
 
+from .checks import until
 from .harness import Rig, sample
 
 FOUR = ["E001", "E002", "E003", "E004"]
@@ -132,8 +133,12 @@ def test_scenario_14_pair_unit_id(tmp_path: Path) -> None:
 
     async def scenario(rig: Rig) -> list[Deal]:
         c = rig.cluster
-        assert await c.wait_for(lambda: bool(c.units["E001"].state.deal_ids), 120)
-        return [d for d in await c.deals() if d.request_unit_id == "E001"]
+
+        async def own_requests() -> list[Deal]:  # E003 may ask E001 first: that is allowed
+            return [d for d in await c.deals() if d.request_unit_id == "E001"]
+
+        await until(own_requests, 300)
+        return await own_requests()
 
     deals = rig.run(scenario)
     assert deals and all(d.charge_unit_id == "E003" for d in deals)

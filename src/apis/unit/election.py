@@ -123,9 +123,10 @@ class Election:
         """Flag every release or expiry of the Grid Master lease."""
         while True:
             try:
-                async for lock in self.registry.grid_master_changes():
-                    if lock is None:
-                        self._lease_gone.set()
+                if await self.registry.grid_master() is None:  # none yet (or none left)
+                    self._lease_gone.set()
+                async for _ in self.registry.grid_master_gone():
+                    self._lease_gone.set()
             except BusError as e:
                 log.warning("%s: watching the Grid Master lease: %s", self.unit_id, e)
             await asyncio.sleep(LEASE_WATCH_RETRY_S)  # the bus closed or failed: again

@@ -68,7 +68,10 @@ class GridMaster:
         self.policy = policy
         self.mediator = mediator
         self.request_ensure = request_ensure
-        self.lease = GridMasterLease(registry, unit_id, epoch)  # acts only while it holds
+        # acts only while it holds the lease; the lease tells the units its error state
+        self.lease = GridMasterLease(
+            registry, unit_id, epoch, global_errors=lambda: self.has_global_errors()
+        )
         self.link: UnitLink = FencedLink(bus, self.lease)
         self.main_loop_lock = asyncio.Lock()
         self.collected: dict[str, UnitSnapshot] = {}

@@ -1,13 +1,14 @@
 """The Grid Master's lease: renewed while it acts, and the fence on everything it does.
 
 The Grid Master lock is a key that expires `GRID_MASTER_LEASE_TTL_S` after its last write
-(`apis.unit.registry`). The Grid Master rewrites it by compare-and-set every
-`renew_period` s. It counts its lease from the moment it *sent* its last successful
+(`apis.unit.registry`). The Grid Master rewrites it by compare-and-set every `renew_period`
+s, writing into it whether the Grid Master has global errors (units read that before a
+request or an accept). It counts its lease from the moment it *sent* its last successful
 renewal, on its own loop clock (the server stores the write later, so the server's expiry
 comes after ours): `deadline = sent + ttl - margin`. When a renewal fails (the key expired,
-was cleared or was taken: `RevisionMismatch`) or the deadline passes without one (a bus
-that does not answer, a process that was paused), `keep` raises `LeaseLost` and the Grid
-Master stops at once; its unit then deactivates it.
+was cleared or was taken: `RevisionMismatch`) or the deadline passes without one (a bus that
+does not answer, a process that was paused), `keep` raises `LeaseLost` and the Grid Master
+stops at once; its unit then deactivates it.
 
 Every converter command and every fresh-data request goes through `FencedLink`, which
 checks the deadline first, so a Grid Master that was paused (SIGSTOP) past its lease and
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from apis.bus.base import Bus, BusError, RevisionMismatch
@@ -48,8 +50,10 @@ class GridMasterLease:
         ttl: float = GRID_MASTER_LEASE_TTL_S,
         renew_period: float = RENEW_PERIOD_S,
         margin: float = SAFETY_MARGIN_S,
+        global_errors: Callable[[], bool] = lambda: False,
     ) -> None:
         self.registry = registry
+        self.global_errors = global_errors  # written into the lease at every renewal
         self.unit_id = unit_id
         self.epoch = epoch
         self.ttl = ttl
@@ -91,7 +95,7 @@ class GridMasterLease:
     async def _renew(self, sent: float) -> None:
         assert self.lock is not None
         try:
-            self.lock = await self.registry.renew_grid_master(self.lock)
+            self.lock = await self.registry.renew_grid_master(self.lock, self.global_errors())
         except RevisionMismatch:
             self._lose("expired, cleared or taken over")
         self.deadline = sent + self.ttl - self.margin

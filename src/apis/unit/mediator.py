@@ -290,11 +290,11 @@ class Mediator:
 
     async def deal_logging_loop(self) -> None:
         """Rewrite this unit's live deals every `dealLoggingPeriodMsec`."""
+        if self.deal_log is None:
+            return  # deal logging is off: nothing to wake up for
         period = self.policy.mediator.deal_logging_period_msec / 1000
         while True:
             await asyncio.sleep(period)
-            if self.deal_log is None:
-                continue
             for deal_id in list(self.state.deal_ids):
                 try:
                     stored = await self.registry.deal(deal_id)

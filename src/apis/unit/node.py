@@ -244,6 +244,7 @@ class Unit:
             scenario=self.scenario,
             controller=self.controller,
             bus=self.bus,
+            registry=registry,
             capacity=self.capacity,
         )
         self.mediator = Mediator(

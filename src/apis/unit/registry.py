@@ -43,9 +43,12 @@ class GridMasterLock:
     unit_id: str
     epoch: int  # the revision that created the lock: the fencing token
     revision: int = 0  # the entry's present revision (renewals advance it)
+    # The Grid Master's "has global errors" at its last renewal: what a unit deciding on a
+    # request or an accept needs, read here instead of asking the Grid Master each time.
+    global_errors: bool = False
 
     def to_json(self) -> JSON:
-        return {"unitId": self.unit_id, "epoch": self.epoch}
+        return {"unitId": self.unit_id, "epoch": self.epoch, "globalErrors": self.global_errors}
 
     @classmethod
     def from_entry(cls, entry: Entry) -> GridMasterLock | None:
@@ -56,7 +59,7 @@ class GridMasterLock:
             epoch = value.get("epoch")
             return cls(
                 value["unitId"], epoch if isinstance(epoch, int) else entry.revision,
-                entry.revision,
+                entry.revision, value.get("globalErrors") is True,
             )
         return None
 
@@ -104,13 +107,17 @@ class Registry:
         revision = await self.grid_master_kv.create(GRID_MASTER_KEY, unit_id)
         return await self.renew_grid_master(GridMasterLock(unit_id, revision, revision))
 
-    async def renew_grid_master(self, lock: GridMasterLock) -> GridMasterLock:
-        """Rewrite the lease by compare-and-set (its TTL starts again); RevisionMismatch when
-        it expired, was cleared or was taken by somebody else meanwhile."""
+    async def renew_grid_master(
+        self, lock: GridMasterLock, global_errors: bool = False
+    ) -> GridMasterLock:
+        """Rewrite the lease by compare-and-set (its TTL starts again) with the Grid Master's
+        present `global_errors`; RevisionMismatch when it expired, was cleared or was taken
+        by somebody else meanwhile."""
+        renewed = GridMasterLock(lock.unit_id, lock.epoch, lock.revision, global_errors)
         revision = await self.grid_master_kv.update(
-            GRID_MASTER_KEY, lock.to_json(), lock.revision
+            GRID_MASTER_KEY, renewed.to_json(), lock.revision
         )
-        return GridMasterLock(lock.unit_id, lock.epoch, revision)
+        return GridMasterLock(lock.unit_id, lock.epoch, revision, global_errors)
 
     async def release_grid_master(self, unit_id: str) -> bool:
         """Release the lease if `unit_id` holds it; True if released.
@@ -132,12 +139,12 @@ class Registry:
     async def clear_grid_master(self) -> None:
         await self.grid_master_kv.delete(GRID_MASTER_KEY)
 
-    async def grid_master_changes(self) -> AsyncIterator[GridMasterLock | None]:
-        """The lease now, then on every change: None when it was released or expired."""
-        async for change in self.grid_master_kv.watch(GRID_MASTER_KEY):
-            if change.key != GRID_MASTER_KEY:
-                continue
-            yield None if change.entry is None else GridMasterLock.from_entry(change.entry)
+    async def grid_master_gone(self) -> AsyncIterator[None]:
+        """Once every time the lease is released or expires (renewals are not seen: a watcher
+        is not woken by the Grid Master's rewrite every second)."""
+        async for change in self.grid_master_kv.watch(GRID_MASTER_KEY, gone_only=True):
+            if change.key == GRID_MASTER_KEY and change.entry is None:
+                yield None
 
     # ---- operation mode ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from apis.hardware.driver import UnitData
 from apis.unit import subjects
 from apis.unit.capacity import BatteryCapacityLocks
 from apis.unit.controller import Controller
+from apis.unit.registry import Registry
 from apis.unit.state import UnitState
 from apis.unit.user import (
     Offer,
@@ -43,9 +44,11 @@ class UserService:
         scenario: Scenario,
         controller: Controller,
         bus: Bus,
+        registry: Registry,
         capacity: BatteryCapacityLocks | None = None,
     ) -> None:
         self.state = state
+        self.registry = registry
         self.capacity = capacity
         self.hw = hw
         self.policy = policy
@@ -77,13 +80,27 @@ class UserService:
         except BusError:
             return None
 
+    async def grid_master_error_flag(self) -> bool | None:
+        """The Grid Master's global-error state as its lease says (at most one renewal old);
+        None when no Grid Master holds the lease or the store cannot be read.
+
+        For the preconditions of a request or an accept, which every unit checks on every
+        request it hears: one read of the lease instead of a request to the Grid Master per
+        unit. Creating a deal still asks the Grid Master itself.
+        """
+        try:
+            lock = await self.registry.grid_master()
+        except BusError:
+            return None
+        return None if lock is None else lock.global_errors
+
     async def may_trade(self) -> bool:
         """The preconditions shared by request, accept and selection (sections 2.2, 3.2)."""
         if not self.state.in_operation:
             return self._refuse("not in operation")
         if self.has_local_errors():
             return self._refuse("local errors")
-        global_errors = await self.grid_master_reports_errors()
+        global_errors = await self.grid_master_error_flag()
         if global_errors is None:
             return self._refuse("no Grid Master")
         if global_errors:

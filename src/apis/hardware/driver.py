@@ -8,6 +8,7 @@ gives the wire shapes of the Device Driver Web API (`dcdc_v2`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -143,6 +144,13 @@ class BatteryData:
         return {"rsoc": self.rsoc, "battery_operation_status": self.battery_operation_status}
 
 
+@functools.lru_cache(maxsize=256)
+def format_apis_time(time: datetime) -> str:
+    """`time` as APIS writes it (cached: the units of a cluster format the same instants
+    over and over, and strftime is slow)."""
+    return time.strftime(APIS_TIME_FORMAT)
+
+
 @dataclass(frozen=True, slots=True)
 class UnitData:
     """One acquisition: converter, battery and the time it was taken."""
@@ -153,7 +161,7 @@ class UnitData:
 
     @property
     def apis_time(self) -> str:
-        return self.time.strftime(APIS_TIME_FORMAT)
+        return format_apis_time(self.time)
 
     def to_flat_json(self) -> dict[str, Any]:
         """The flat `/all/get` shape of the `dcdc_v2` driver."""

@@ -76,16 +76,15 @@ COMMANDS = (
 TICK_TOLERANCE_S = 1e-3
 
 
-def acquisition_wait(now: float, acquired_at: float, period: float) -> float:
-    """How long the acquisition loop waits before reading (0: read now).
+def needs_read(now: float, acquired_at: float, period: float) -> bool:
+    """Whether an acquisition tick must read the driver: no read (an urgent one for the
+    Grid Master, say) happened within the last `period`.
 
-    An urgent read less than `period` ago postpones the tick to `period` after it. A
-    remainder within `TICK_TOLERANCE_S` counts as due: smaller than the float resolution of
-    a large loop time, it would be a sleep that takes no time, and on a virtual clock the
-    loop would spin on it for ever.
+    A read less than `TICK_TOLERANCE_S` short of a period counts as a period old: loop times
+    are floats, and a tick and a read that are both "every period" must not flip between
+    reading and not reading on rounding.
     """
-    since = now - acquired_at
-    return period - since if since < period - TICK_TOLERANCE_S else 0.0
+    return now - acquired_at >= period - TICK_TOLERANCE_S
 
 
 class CommandError(Exception):
@@ -155,20 +154,22 @@ class Controller:
         return data
 
     async def acquisition_loop(self) -> None:
+        """Every period, the local safety check (12.3) on data at most a period old."""
         period = self.policy.controller.data_acquisition_period_msec / 1000
         loop = asyncio.get_running_loop()
         while True:
-            wait = acquisition_wait(loop.time(), self._acquired_at, period)
-            if wait > 0:  # an urgent read happened meanwhile: skip this tick
-                await asyncio.sleep(wait)
-                continue
-            try:
-                data = await self.acquire()
-            except Exception as e:  # the driver failed; the next tick retries
-                await self.report(
-                    "HARDWARE", "ERROR", f"Communication failed with Device Driver: {e!r}"
-                )
-            else:
+            data = self._data
+            if data is None or needs_read(loop.time(), self._acquired_at, period):
+                try:
+                    data = await self.acquire()
+                except Exception as e:  # the driver failed; the next tick retries
+                    data = None
+                    await self.report(
+                        "HARDWARE", "ERROR", f"Communication failed with Device Driver: {e!r}"
+                    )
+            # else: a read for somebody else (the Grid Master's urgent collection) happened
+            # since the last tick; check that one instead of reading the driver twice.
+            if data is not None:
                 await self.check_safety(data)
             await asyncio.sleep(period)
 

@@ -92,20 +92,16 @@ class UnitSnapshot:
     @classmethod
     def from_json(cls, unit_id: str, data: dict[str, Any]) -> UnitSnapshot:
         dcdc = data.get("dcdc") or {}
-        status = dcdc.get("status") or {}
         meter = dcdc.get("meter") or {}
-        try:
-            mode: ConverterMode | None = ConverterMode.from_code(status.get("status", ""))
-        except ValueError:
-            mode = None
+        vdis = dcdc.get("vdis") or {}
         return cls(
             unit_id=unit_id,
-            mode=mode,
+            mode=_mode_of((dcdc.get("status") or {}).get("status", "")),
             vg=float(meter.get("vg", 0.0)),
             ig=float(meter.get("ig", 0.0)),
             wb=float(meter.get("wb", 0.0)),
-            dvg=float((dcdc.get("vdis") or {}).get("dvg", 0.0)),
-            drg=float((dcdc.get("vdis") or {}).get("drg", 0.0)),
+            dvg=float(vdis.get("dvg", 0.0)),
+            drg=float(vdis.get("drg", 0.0)),
             dig=float((dcdc.get("param") or {}).get("dig", 0.0)),
             rsoc=float((data.get("battery") or {}).get("rsoc", 0.0)),
             time=str(data.get("time", "")),
@@ -124,3 +120,23 @@ class UnitSnapshot:
     @property
     def deal_ids(self) -> list[str]:
         return list((self.raw.get("apis") or {}).get("deal_id_list") or [])
+
+
+# mode code as sent (e.g. "0x0014") -> its mode: the Grid Master parses every unit's code at
+# every collection, and there are four of them
+_MODE_BY_CODE: dict[str, ConverterMode] = {}
+
+
+def _mode_of(code: Any) -> ConverterMode | None:
+    """`ConverterMode.from_code(code)`, None for a code APIS does not know."""
+    if type(code) is str:
+        mode = _MODE_BY_CODE.get(code)
+        if mode is not None:
+            return mode
+    try:
+        mode = ConverterMode.from_code(code)
+    except ValueError:
+        return None
+    if type(code) is str and len(_MODE_BY_CODE) < 64:  # spellings of the four codes
+        _MODE_BY_CODE[code] = mode
+    return mode

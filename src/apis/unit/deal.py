@@ -221,16 +221,22 @@ class Deal:
     # ---- JSON --------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
+        # The Grid Master saves every deal each pass: the field names are precomputed, and
+        # the common plain values take the first test.
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        values = self.__dict__
+        for name, key in _JSON_NAMES:
+            value = values[name]
+            if type(value) in _PLAIN:
+                out[key] = value
+                continue
             if value is None or (isinstance(value, list) and not value):
                 continue
-            if f.name in ("reset", "abort"):
+            if name in ("reset", "abort"):
                 value = [r.to_json() for r in value]
             elif isinstance(value, list | dict):
                 value = _copy_json(value)
-            out[_JSON_NAME[f.name]] = value
+            out[key] = value
         return out
 
     @classmethod
@@ -283,6 +289,8 @@ def _copy_json(value: Any) -> Any:
 
 _JSON_NAME = {f.name: to_camel(f.name) for f in dataclasses.fields(Deal)}
 _FIELD_NAME = {v: k for k, v in _JSON_NAME.items()}
+_JSON_NAMES = tuple(_JSON_NAME.items())  # (field, JSON key) in declaration order
+_PLAIN = frozenset((str, int, float, bool))  # values written as they are
 _REQUIRED = [
     f.name
     for f in dataclasses.fields(Deal)

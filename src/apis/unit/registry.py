@@ -82,6 +82,8 @@ class Registry:
         self.grid_master_kv = grid_master
         # deal id -> (stored JSON, its Deal): a deal is parsed again only when it changed
         self._parsed: dict[str, tuple[JSON, Deal]] = {}
+        # the lease last read: (revision, stored value, its lock), parsed again on a change
+        self._lock: tuple[int, JSON, GridMasterLock | None] | None = None
 
     @classmethod
     async def open(cls, bus: Bus) -> Registry:
@@ -96,7 +98,14 @@ class Registry:
 
     async def grid_master(self) -> GridMasterLock | None:
         entry = await self.grid_master_kv.get(GRID_MASTER_KEY)
-        return None if entry is None else GridMasterLock.from_entry(entry)
+        if entry is None:
+            return None
+        last = self._lock
+        if last is not None and last[0] == entry.revision and last[1] == entry.value:
+            return last[2]  # every unit reads it before each decision: mostly unchanged
+        lock = GridMasterLock.from_entry(entry)
+        self._lock = (entry.revision, entry.value, lock)
+        return lock
 
     async def acquire_grid_master(self, unit_id: str) -> GridMasterLock:
         """Take the lease; raise KeyExists when anybody (even `unit_id`) holds it.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
 from apis.bus.base import Bus, BusError, Message
@@ -57,6 +58,9 @@ class UserService:
         self.bus = bus
         self.unit_id = state.unit_id
         self.last_refusal = ""  # why the last decision said no (for tests and displays)
+        # (scenario, acquisition time, its block): every request heard between two
+        # acquisitions is decided on the same data
+        self._block: tuple[Scenario, datetime, ScenarioBlock | None] | None = None
 
     async def subscribe(self) -> list[Any]:
         return [await self.bus.subscribe(subjects.user_error_test(self.unit_id), self._on_test)]
@@ -122,12 +126,27 @@ class UserService:
         return False
 
     def block_for(self, data: UnitData) -> ScenarioBlock | None:
-        block = self.scenario.block_at(data.time.strftime("%H:%M:%S"))
+        block = self._block_at(data.time)
         if block is None:
             log.warning(
                 "(USER:LOCAL:WARN:%s) no scenario entry matched %s", self.unit_id, data.apis_time
             )
             self.last_refusal = "no scenario entry matched"
+        return block
+
+    def _block_at(self, time: datetime) -> ScenarioBlock | None:
+        scenario = self.scenario
+        cached = self._block
+        # equal with the same tzinfo: the same wall-clock time, so the same time of day
+        if (
+            cached is not None
+            and cached[0] is scenario
+            and cached[1] == time
+            and cached[1].tzinfo is time.tzinfo
+        ):
+            return cached[2]
+        block = scenario.block_at(time.strftime("%H:%M:%S"))
+        self._block = (scenario, time, block)
         return block
 
     def remaining_wh(self, data: UnitData) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import numpy as np
@@ -232,3 +233,90 @@ def test_ups_bypass_and_ac_charging_keep_energy_balanced() -> None:
     assert world.counters("E001").bought_wh > 800.0  # the house load came from the mains
     assert world.ups_mode("E002") == NORMAL_MODE
     assert_conserved(world)
+
+
+def _reading_from_arrays(world: World, unit: str) -> tuple[object, ...]:
+    """What a reading must say, straight from the state arrays (no cache)."""
+    i = world.index(unit)
+    return (
+        int(world.mode[i]), int(world.alarms[i]), world.tripped(i),
+        float(world.vg[i]) + 0.0, float(world.ig[i]) + 0.0, float(world.wg[i]) + 0.0,
+        float(world.vb[i]), float(world.ib[i]) + 0.0, float(world.wb[i]) + 0.0,
+        float(world.temperature_c[i]), float(world.dvg[i]), float(world.drg[i]),
+        float(world.dig[i]), float(world.rsoc[i]), bool(world.sharing_permitted[i]),
+        world.now(),
+    )
+
+
+def _reading(world: World, unit: str) -> tuple[object, ...]:
+    data = world.unit_data(unit)
+    d, m = data.dcdc, data.dcdc.meter
+    i = world.index(unit)
+    return (
+        int(d.mode), int(d.status.alarm.split()[0], 16), world.tripped(i),
+        m.vg, m.ig, m.wg, m.vb, m.ib, m.wb, m.tmp, d.vdis.dvg, d.vdis.drg, d.param.dig,
+        data.battery.rsoc, data.battery.sharing_permitted, data.time,
+    )
+
+
+def test_readings_follow_every_change_of_the_world() -> None:
+    """Readings are cached per state version: every mutator must show in the next read."""
+    world = World.with_units(3, initial_rsoc=50.0)
+
+    def check() -> None:
+        for unit in world.unit_ids:
+            assert _reading(world, unit) == _reading_from_arrays(world, unit), unit
+            assert world.converter_data(unit) is world.unit_data(unit).dcdc
+            assert world.battery_data(unit) is world.unit_data(unit).battery
+
+    check()
+    first = world.unit_data("E001")
+    assert world.unit_data("E001") is first  # same state: same reading
+    world.set_converter("E001", ConverterMode.VOLTAGE_REFERENCE, 350.0, 2.0, 0.0)
+    check()
+    world.set_converter("E002", ConverterMode.DISCHARGE, 350.0, 1.0, 0.0)
+    check()
+    world.advance(5.0)
+    check()
+    world.set_voltage("E001", 360.0, 0.1)
+    check()
+    world.set_current("E002", 0.5)
+    check()
+    world.set_rsoc("E003", 80.0)
+    check()
+    before = world.version
+    world.set_sharing_permitted("E003", False)  # no step
+    assert world.version != before
+    assert not world.battery_data("E003").sharing_permitted
+    check()
+    world.set_sharing_permitted("E003", True)
+    world.inject_sharing_denied("E002")  # no step
+    assert not world.battery_data("E002").sharing_permitted
+    check()
+    world.set_auto_permission("E001", 10.0, 20.0)
+    check()
+    world.set_house_override("E003", pv_w=500.0, load_w=100.0)
+    check()
+    world.inject_converter_alarm("E002")
+    check()
+    world.inject_over_temperature("E001")
+    check()
+    world.clear_faults("E001")
+    world.clear_faults("E002")
+    check()
+    world.break_line(world.grid.line_ids[0])
+    check()
+    world.add_unit(rsoc=90.0)
+    check()
+    world.remove_unit("E001")  # indices shift: no reading may follow the old index
+    check()
+    assert world.battery_data("E004").rsoc == pytest.approx(90.0, abs=1.0)
+
+
+def test_reading_turns_negative_zero_into_zero() -> None:
+    world = World.with_units(2, initial_rsoc=50.0)
+    world.ig[0] = -0.0
+    world.wg[0] = -0.0
+    world._changed()  # a direct write to the arrays must say so
+    meter = world.converter_data("E001").meter
+    assert math.copysign(1.0, meter.ig) == 1.0 and math.copysign(1.0, meter.wg) == 1.0

@@ -120,7 +120,7 @@ class ConverterModel:
         else:
             step = target - present
         limit = self.current_ramp_a_per_s * dt
-        result: FloatArray = present + np.clip(step, -limit, limit)
+        result: FloatArray = present + np.minimum(np.maximum(step, -limit), limit)
         return result
 
     def ramp_voltage(
@@ -130,7 +130,7 @@ class ConverterModel:
         ramp where `soft_start`, at the set-point slew elsewhere."""
         rate = np.where(soft_start, self.voltage_ramp_v_per_s, self.voltage_slew_v_per_s)
         limit = rate * dt
-        result: FloatArray = present + np.clip(target - present, -limit, limit)
+        result: FloatArray = present + np.minimum(np.maximum(target - present, -limit), limit)
         return result
 
 

@@ -57,6 +57,17 @@ def _load_shape(hour: FloatArray | float) -> FloatArray:
     return result
 
 
+def _load_shape_at(hour: float) -> float:
+    """`_load_shape` at one hour, in Python floats (numpy's overhead dominates a scalar)."""
+
+    def bump(centre: float, width: float) -> float:
+        d = (hour - centre + 12.0) % 24.0 - 12.0
+        return math.exp(-0.5 * (d / width) ** 2)
+
+    raw = 0.45 + 1.1 * bump(7.5, 1.1) + 0.35 * bump(12.5, 1.5) + 1.6 * bump(19.5, 1.8)
+    return raw / _LOAD_SHAPE_MEAN
+
+
 def _raw_mean() -> float:
     hours = np.linspace(0.0, 24.0, 24 * 60, endpoint=False)
     d = (hours[:, None] - np.array([7.5, 12.5, 19.5]) + 12.0) % 24.0 - 12.0
@@ -162,7 +173,7 @@ class BuiltinProfiles:
         today = self._noise(day)
         following = today[:, k + 1] if k + 1 < HOURS_PER_DAY else self._noise(day + 1)[:, 0]
         noise = (1.0 - w) * today[:, k] + w * following
-        load = self.kwh_per_day * (1000.0 / HOURS_PER_DAY) * _load_shape(hour) * noise
+        load = self.kwh_per_day * (1000.0 / HOURS_PER_DAY) * _load_shape_at(hour) * noise
         return pv, load
 
 

@@ -98,6 +98,7 @@ DEFAULT_START = datetime(2020, 1, 1)
 _TOLERANCE_A = 1e-6  # current-limit alarms ignore rounding
 _TOLERANCE_V = 1e-6  # a CC converter held at its under-voltage limit is still on the grid
 _AT_LIMIT_A = 1e-9  # a voltage reference this close to its current limit is limiting
+_MEMO_LIMIT = 4096  # distinct converter settings remembered before starting afresh
 
 # What a unit is in the limited grid solve (a changed role restarts its state).
 _ROLE_NONE, _ROLE_REFERENCE, _ROLE_DISCHARGE, _ROLE_CHARGE = 0, 1, 2, 3
@@ -298,6 +299,13 @@ class World:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_origin = 0.0
         self._index = {u: i for i, u in enumerate(self.unit_ids)}
+        # Bumped by every change of the state (`_changed`): the key of the reading caches.
+        self._version = 0
+        self._readings: dict[int, UnitData] = {}  # unit index -> reading of this version
+        self._readings_version = -1
+        self._status_memo: dict[tuple[int, int, bool], ConverterStatus] = {}
+        self._vdis_memo: dict[tuple[float, float], VoltageSetting] = {}
+        self._param_memo: dict[tuple[float, ...], CurrentSetting] = {}
 
         self._init_arrays(n)
         for i, hw in enumerate(self.hw_configs):
@@ -392,6 +400,20 @@ class World:
         return f"{self.unit_ids[0]}..{self.unit_ids[-1]}"
 
     @property
+    def version(self) -> int:
+        """Changes whenever the world's state may have changed (steps, commands, faults,
+        units added or removed): readings taken at one version are the same."""
+        return self._version
+
+    def _changed(self) -> None:
+        """Every mutation of the state goes through here (readings are cached by version).
+
+        `step` calls it, so do the mutators that do not step; the per-unit arrays are
+        public, and whoever writes one directly must call it too.
+        """
+        self._version += 1
+
+    @property
     def n_units(self) -> int:
         return len(self.unit_ids)
 
@@ -482,9 +504,12 @@ class World:
             mains = np.zeros(self.n_units)
 
         tripped = self.fault_alarm | self.over_temperature
-        switching = (self.mode != WAITING) & ~tripped
-        cv = switching & (self.mode == VOLTAGE_REFERENCE)
-        cc = switching & ((self.mode == CHARGE) | (self.mode == DISCHARGE))
+        mode = self.mode
+        discharging = mode == DISCHARGE
+        charging = mode == CHARGE
+        switching = (mode != WAITING) & ~tripped
+        cv = switching & (mode == VOLTAGE_REFERENCE)
+        cc = switching & (charging | discharging)
         source_units = np.flatnonzero(cv)
         source_nodes = self._unit_node[source_units]
         unit_live = self.grid.live_nodes(source_nodes)[self._unit_node]
@@ -493,12 +518,10 @@ class World:
         # that can give (discharge) or take (charge).
         full = energy >= self.capacity_wh
         empty = energy <= 0.0
-        battery_blocked = cc & (
-            ((self.mode == DISCHARGE) & empty) | ((self.mode == CHARGE) & full)
-        )
+        battery_blocked = cc & ((discharging & empty) | (charging & full))
         grid_ok = unit_live & (self.vg >= model.under_voltage_v - _TOLERANCE_V)
         set_point = np.minimum(self.dig, model.device_dig_max_a)
-        target = np.where(self.mode == DISCHARGE, set_point, -set_point)
+        target = np.where(discharging, set_point, -set_point)
         target = np.where(cc & grid_ok & ~battery_blocked, target, 0.0)
         self.i_cc = np.where(cc & unit_live, model.follow_current(self.i_cc, target, dt), 0.0)
 
@@ -536,7 +559,7 @@ class World:
         curtailed = np.minimum(surplus, pv_e)
         spilled = surplus - curtailed
         bought = mains_e + np.maximum(-unclamped, 0.0)
-        new_energy = np.clip(unclamped, 0.0, self.capacity_wh)
+        new_energy = np.minimum(np.maximum(unclamped, 0.0), self.capacity_wh)
 
         self.pv_wh += pv_e
         self.curtailed_wh += curtailed
@@ -578,6 +601,7 @@ class World:
             cc, cv, battery_blocked, grid_ok, i_out, conflict, limiting, under, over
         )
         self.t += dt
+        self._changed()
 
     def _solve_grid(
         self, source_units: NDArray[np.intp], cc_on_grid: NDArray[np.bool_]
@@ -754,12 +778,12 @@ class World:
         held_under: NDArray[np.bool_],
         held_over: NDArray[np.bool_],
     ) -> None:
-        alarms = np.zeros(self.n_units, dtype=np.int64)
+        # mask * bit: the bit where the mask is set (int64), one ufunc per alarm.
+        alarms: IntArray = self.over_temperature * int(Alarm.OVER_TEMPERATURE)
 
         def flag(mask: NDArray[np.bool_], bit: Alarm) -> None:
-            alarms[mask] |= int(bit)
+            np.bitwise_or(alarms, mask * int(bit), out=alarms)
 
-        flag(self.over_temperature, Alarm.OVER_TEMPERATURE)
         flag(self.fault_alarm, Alarm.INJECTED)
         flag((cc & ~grid_ok) | held_under, Alarm.GRID_UNDER_VOLTAGE)
         flag((self.vg > self.ogv) | held_over, Alarm.GRID_OVER_VOLTAGE)
@@ -824,6 +848,7 @@ class World:
         """The battery's own permission flag (automatic thresholds may change it again)."""
         self.sync()
         self.permitted[self.index(unit_id)] = permitted
+        self._changed()
 
     def set_auto_permission(
         self, unit_id: str, deny_below: float | None, permit_above: float | None
@@ -860,6 +885,7 @@ class World:
         """The battery reports "interchange denied" whatever its own flag says."""
         self.sync()
         self.fault_deny[self.index(unit_id)] = denied
+        self._changed()
 
     def inject_converter_alarm(self, unit_id: str, active: bool = True) -> None:
         """A heavy converter alarm: the converter trips and stops switching."""
@@ -886,6 +912,7 @@ class World:
             if delay_s < 0:
                 raise ValueError(f"delay_s = {delay_s} (must be >= 0)")
             self.driver_delay_s[unit_id] = delay_s
+        self._changed()
 
     def break_line(self, line_id: str, broken: bool = True) -> None:
         """Open (or repair) a grid line."""
@@ -955,45 +982,81 @@ class World:
         return Alarm(int(self.alarms[self.index(unit_id)]))
 
     def converter_data(self, unit_id: str) -> ConverterData:
-        i = self.index(unit_id)
-        mode = ConverterMode(int(self.mode[i]))
-        alarms = int(self.alarms[i])
-        tripped = self.tripped(i)
-        status = ConverterStatus(
-            mode=mode,
-            alarm=alarm_text(alarms, int(mode), tripped),
-            alarm_state=ALARM_STATE_NAMES[alarm_state(alarms)],
-            running_state=RUNNING_STATE_NAMES[running_state(int(mode), tripped)],
-            status_name=STATUS_NAMES[mode],
-        )
-        # "+ 0.0" turns -0.0 (a stopped discharge) into 0.0 on the wire.
-        meter = Meter(
-            vg=float(self.vg[i]) + 0.0, ig=float(self.ig[i]) + 0.0, wg=float(self.wg[i]) + 0.0,
-            vb=float(self.vb[i]), ib=float(self.ib[i]) + 0.0, wb=float(self.wb[i]) + 0.0,
-            tmp=float(self.temperature_c[i]),
-        )
-        param = CurrentSetting(
-            dig=float(self.dig[i]), ogv=float(self.ogv[i]), ugv=self.model.under_voltage_v,
-            cib=float(self.ib_max[i]), obv=float(self.vb_max[i]), ubv=float(self.vb_min[i]),
-        )
-        return ConverterData(
-            status=status, meter=meter,
-            vdis=VoltageSetting(dvg=float(self.dvg[i]), drg=float(self.drg[i])), param=param,
-        )
+        return self._reading(self.index(unit_id)).dcdc
 
     def battery_data(self, unit_id: str) -> BatteryData:
-        i = self.index(unit_id)
-        permitted = bool(self.sharing_permitted[i])
+        return self._reading(self.index(unit_id)).battery
+
+    def unit_data(self, unit_id: str) -> UnitData:
+        return self._reading(self.index(unit_id))
+
+    def _reading(self, i: int) -> UnitData:
+        """Unit `i`'s reading of the present state, built once per state (`version`)."""
+        if self._readings_version != self._version:
+            self._readings = {}
+            self._readings_version = self._version
+        reading = self._readings.get(i)
+        if reading is None:
+            reading = self._readings[i] = UnitData(
+                dcdc=self._converter_reading(i), battery=self._battery_reading(i),
+                time=self.now(),
+            )
+        return reading
+
+    def _converter_reading(self, i: int) -> ConverterData:
+        # `.item` gives the Python float (as float() of the element would) without the
+        # numpy scalar. The status and the settings seldom change: shared frozen objects.
+        mode_code = self.mode.item(i)
+        alarms = self.alarms.item(i)
+        tripped = bool(self.fault_alarm.item(i) or self.over_temperature.item(i))
+        status = self._status_memo.get((alarms, mode_code, tripped))
+        if status is None:
+            mode = ConverterMode(mode_code)
+            status = ConverterStatus(
+                mode=mode,
+                alarm=alarm_text(alarms, mode_code, tripped),
+                alarm_state=ALARM_STATE_NAMES[alarm_state(alarms)],
+                running_state=RUNNING_STATE_NAMES[running_state(mode_code, tripped)],
+                status_name=STATUS_NAMES[mode],
+            )
+            self._status_memo[(alarms, mode_code, tripped)] = status
+        # "+ 0.0" turns -0.0 (a stopped discharge) into 0.0 on the wire.
+        meter = Meter(
+            vg=self.vg.item(i) + 0.0, ig=self.ig.item(i) + 0.0, wg=self.wg.item(i) + 0.0,
+            vb=self.vb.item(i), ib=self.ib.item(i) + 0.0, wb=self.wb.item(i) + 0.0,
+            tmp=self.temperature_c.item(i),
+        )
+        dvg, drg = self.dvg.item(i), self.drg.item(i)
+        vdis = self._vdis_memo.get((dvg, drg))
+        if vdis is None:
+            vdis = self._vdis_memo[(dvg, drg)] = VoltageSetting(dvg=dvg, drg=drg)
+        key = (
+            self.dig.item(i), self.ogv.item(i), self.model.under_voltage_v,
+            self.ib_max.item(i), self.vb_max.item(i), self.vb_min.item(i),
+        )
+        param = self._param_memo.get(key)
+        if param is None:
+            dig, ogv, ugv, cib, obv, ubv = key
+            param = CurrentSetting(dig=dig, ogv=ogv, ugv=ugv, cib=cib, obv=obv, ubv=ubv)
+            self._param_memo[key] = param
+        if len(self._vdis_memo) + len(self._param_memo) > _MEMO_LIMIT:
+            self._vdis_memo.clear()
+            self._param_memo.clear()
+        return ConverterData(status=status, meter=meter, vdis=vdis, param=param)
+
+    def _battery_reading(self, i: int) -> BatteryData:
+        capacity = self.capacity_wh.item(i)
+        if capacity > 0.0:
+            # As battery.rsoc_percent, for one unit.
+            rsoc = min(max(100.0 * self.energy_wh.item(i) / capacity, 0.0), 100.0)
+        else:
+            rsoc = float(self.rsoc[i])
+        permitted = bool(self.permitted.item(i)) and not self.fault_deny.item(i)
         return BatteryData(
-            rsoc=float(self.rsoc[i]),
+            rsoc=rsoc,
             battery_operation_status=(
                 BATTERY_SHARING_PERMITTED if permitted else BATTERY_SHARING_DENIED
             ),
-        )
-
-    def unit_data(self, unit_id: str) -> UnitData:
-        return UnitData(
-            dcdc=self.converter_data(unit_id), battery=self.battery_data(unit_id), time=self.now()
         )
 
     # -- adding and removing units (the original's /add/unit and /remove/unit) ----------
@@ -1056,6 +1119,7 @@ class World:
         return gone
 
     def _resize(self, n: int, keep: NDArray[np.intp]) -> None:
+        self._changed()
         for name in _UNIT_ARRAYS:
             old = getattr(self, name)
             new = np.zeros(n, dtype=old.dtype)

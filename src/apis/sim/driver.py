@@ -12,9 +12,9 @@ waits. `WorldStepper` keeps two paces:
   load then; the grid is the same for the baseline run, which steps on it too.
 
 Commands always bring the world to the exact loop time first, so a converter starts and stops
-at the moment the unit asks. `SimDriver` answers reads of the same world state from a cache
-(the readings are frozen dataclasses), and the stepper counts how long each converter
-switched, which the report needs to split the converter losses.
+at the moment the unit asks. Reads of the same world state share one reading (the world
+caches them by its state `version`; they are frozen dataclasses), and the stepper counts how
+long each converter switched, which the report needs to split the converter losses.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class WorldStepper:
         self.quiet_step_s = quiet_step_s
         self.fine_step_s = fine_step_s
         self.origin: float | None = None  # loop time at world time 0 of this run
-        self.generation = 0  # bumped by every command (part of the read cache key)
+        self.generation = 0  # bumped by every command
         self.switching_s = np.zeros(world.n_units)  # per unit: time spent switching
         self.steps_taken = 0  # calls that advanced the world (for the run info)
         self._active = False
@@ -130,28 +130,17 @@ class SimDriver:
         self.limits = (
             limits if limits is not None else CommandLimits.from_hwconfig(world.hw_configs[index])
         )
-        self._cache_key: tuple[float, int] | None = None
-        self._cache: UnitData | None = None
 
     async def read(self) -> UnitData:
         self.stepper.sync_for_read()
-        key = (self.world.t, self.stepper.generation)
-        if self._cache is None or key != self._cache_key:
-            self._cache = self.world.unit_data(self.unit_id)
-            self._cache_key = key
-        return self._cache
+        return self.world.unit_data(self.unit_id)
 
     async def read_converter(self) -> ConverterData:
         return (await self.read()).dcdc
 
     def _after_command(self) -> ConverterData:
         self.stepper.commanded()
-        return (self._fresh()).dcdc
-
-    def _fresh(self) -> UnitData:
-        self._cache = self.world.unit_data(self.unit_id)
-        self._cache_key = (self.world.t, self.stepper.generation)
-        return self._cache
+        return self.world.converter_data(self.unit_id)
 
     async def set(
         self, mode: ConverterMode, dvg: float, dig: float, drg: float

@@ -271,6 +271,31 @@ async def test_kv_keys_by_prefix(network: Network) -> None:
     assert await kv.keys() == ["deal.d1", "deal.d2", "needToStop.d1", "operationMode"]
 
 
+async def test_kv_revisions_are_the_latest_of_each_live_key(network: Network) -> None:
+    a = await network.connect("E001")
+    b = await network.connect("E002")
+    bucket = unique("deals")
+    kv_a = await a.kv(bucket)
+    kv_b = await b.kv(bucket)
+    assert await kv_b.revisions() == {}
+    first = await kv_a.put("deal.d1", {"n": 1})
+    second = await kv_a.put("deal.d2", {"n": 2})
+    await kv_a.put("other", 0)
+    gone = await kv_a.put("deal.d3", {"n": 3})
+    await kv_a.delete("deal.d3")
+    assert gone > 0
+    assert await kv_b.revisions("deal.") == {"deal.d1": first, "deal.d2": second}
+    updated = await kv_a.update("deal.d1", {"n": 10}, first)
+    assert updated > second
+    seen = await kv_b.revisions()
+    assert list(seen) == ["deal.d1", "deal.d2", "other"]  # sorted by key
+    assert seen["deal.d1"] == updated
+    assert seen["deal.d1"] == (await kv_b.get("deal.d1")).revision  # type: ignore[union-attr]
+    recreated = await kv_a.create("deal.d3", {"n": 30})  # a new revision, never an old one
+    assert (await kv_b.revisions("deal.d3")) == {"deal.d3": recreated}
+    assert recreated > updated
+
+
 async def next_change(changes: Any) -> Change:
     change: Change = await asyncio.wait_for(anext(changes), WAIT)
     return change

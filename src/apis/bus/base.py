@@ -89,6 +89,11 @@ class KeyValue(Protocol):
 
     async def keys(self, prefix: str = "") -> list[str]: ...
 
+    async def revisions(self, prefix: str = "") -> dict[str, int]:
+        """The latest revision of every live key under `prefix`, by key in sorted order
+        (what `keys` lists, with revisions: a reader can then `get` only what changed)."""
+        ...
+
     def watch(self, prefix: str = "", *, gone_only: bool = False) -> AsyncIterator[Change]:
         """The entries under `prefix` now (oldest revision first), then every change.
 

@@ -750,6 +750,15 @@ class MemoryKeyValue:
             key for key, slot in self._bucket.slots.items() if slot.live and key.startswith(prefix)
         )
 
+    async def revisions(self, prefix: str = "") -> dict[str, int]:
+        if not self._reachable(None):
+            await self._bus._unreachable(self._bucket.name)
+        return dict(sorted(
+            (key, slot.revision)
+            for key, slot in self._bucket.slots.items()
+            if slot.live and key.startswith(prefix)
+        ))
+
     def watch(self, prefix: str = "", *, gone_only: bool = False) -> AsyncIterator[Change]:
         """Current entries under `prefix` (oldest revision first), then every change.
 

@@ -562,6 +562,30 @@ class NatsKeyValue:
         found = await self._bus._retry(f"keys of {self.bucket}", list_keys)
         return sorted(key for key in found if key.startswith(prefix))
 
+    async def revisions(self, prefix: str = "") -> dict[str, int]:
+        self._bus._check_open()
+        cut = prefix.rfind(".")
+        subject_filter = prefix[: cut + 1] + ">" if cut >= 0 else ">"
+
+        async def list_revisions() -> dict[str, int]:
+            # The last message of each key, without its value (as `keys` lists them).
+            watcher = await self._handle.watch(subject_filter, meta_only=True)
+            found: dict[str, int] = {}
+            try:
+                async for update in watcher:
+                    if update is None:  # every key's latest has been delivered
+                        break
+                    if update.operation in _DELETE_OPERATIONS:
+                        found.pop(update.key, None)
+                    else:
+                        found[update.key] = update.revision or 0
+            finally:
+                await _stop(watcher)
+            return found
+
+        found = await self._bus._retry(f"revisions of {self.bucket}", list_revisions)
+        return {key: found[key] for key in sorted(found) if key.startswith(prefix)}
+
     def watch(self, prefix: str = "", *, gone_only: bool = False) -> AsyncIterator[Change]:
         """Current entries under `prefix` (oldest revision first), then every change.
 

@@ -82,6 +82,10 @@ class Registry:
         self.grid_master_kv = grid_master
         # deal id -> (stored JSON, its Deal): a deal is parsed again only when it changed
         self._parsed: dict[str, tuple[JSON, Deal]] = {}
+        # deal id -> revision at which it did not involve `_foreign_of` (deals_involving)
+        self._foreign: dict[str, int] = {}
+        self._foreign_of: str | None = None
+        self._highest_revision = 0
         # the lease last read: (revision, stored value, its lock), parsed again on a change
         self._lock: tuple[int, JSON, GridMasterLock | None] | None = None
 
@@ -205,11 +209,23 @@ class Registry:
         return out
 
     async def deals_involving(self, unit_id: str) -> list[StoredDeal]:
-        """The deals `unit_id` takes part in (what `all_deals` gives, filtered), without
-        parsing the others: every unit asks at each acquisition."""
+        """The deals `unit_id` takes part in (what `all_deals` gives, filtered): every unit
+        asks at each acquisition, so a deal seen not to involve it is read again only when
+        its revision changed (revisions only grow within a bucket; should they go back, a
+        bucket made anew, everything is read again)."""
+        revisions = await self.deals.revisions()
+        foreign = self._foreign
+        if self._foreign_of != unit_id or (
+            revisions and max(revisions.values()) < self._highest_revision
+        ):
+            foreign.clear()
+            self._foreign_of = unit_id
+        if revisions:
+            self._highest_revision = max(revisions.values())
         out = []
-        keys = await self.deals.keys()
-        for key in keys:
+        for key, revision in revisions.items():
+            if foreign.get(key) == revision:
+                continue  # unchanged since it was seen not to be ours
             entry = await self.deals.get(key)
             if entry is None:
                 continue
@@ -219,10 +235,15 @@ class Registry:
                 if isinstance(charge, str) and isinstance(discharge, str) and (
                     unit_id != charge and unit_id != discharge
                 ):
-                    continue  # well-formed and not ours (a malformed one is parsed: it fails)
-            stored = self._stored(key, entry)
-            out.append(stored)
-        self._forget_all_but(keys)
+                    # well-formed and not ours (a malformed one is parsed: it fails)
+                    foreign[key] = entry.revision
+                    continue
+            foreign.pop(key, None)
+            out.append(self._stored(key, entry))
+        if len(foreign) > len(revisions):
+            for gone in foreign.keys() - revisions.keys():
+                del foreign[gone]
+        self._forget_all_but(list(revisions))
         return out
 
     async def update_deal(self, deal: Deal, revision: int) -> int:

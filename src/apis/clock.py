@@ -57,6 +57,24 @@ _MIN_CANCELLED_TO_COMPACT = 100
 _INFINITY = float("inf")
 
 
+def _fill(
+    handle: Any,
+    callback: Callable[..., object],
+    args: tuple[Any, ...],
+    loop: asyncio.AbstractEventLoop,
+    context: contextvars.Context | None,
+) -> Any:
+    """Set what `Handle.__init__` sets (outside debug mode) on a handle made by `_new`."""
+    handle._callback = callback
+    handle._args = args
+    handle._cancelled = False
+    handle._loop = loop
+    handle._context = _copy_context() if context is None else context
+    handle._repr = None
+    handle._source_traceback = None
+    return handle
+
+
 class _VirtualTimer(asyncio.TimerHandle):
     """The loop's timer handle: built without `__init__` and cancelled without the debug
     round trips (in debug mode it is an ordinary TimerHandle)."""
@@ -146,16 +164,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             raise RuntimeError("Event loop is closed")
         if self._debug:
             return super().call_soon(callback, *args, context=context)
-        handle: Any = _new(_Handle)
-        handle._callback = callback
-        handle._args = args
-        handle._cancelled = False
-        handle._loop = self
-        handle._context = _copy_context() if context is None else context
-        handle._repr = None
-        handle._source_traceback = None
-        self._ready.append(handle)
-        return handle  # type: ignore[no-any-return]
+        return self._ready_handle(callback, args, context)
 
     def _call_soon(
         self,
@@ -166,16 +175,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         # call_soon_threadsafe's path (deque.append is atomic).
         if self._debug:
             return super()._call_soon(callback, args, context)  # type: ignore[misc, no-any-return]
-        handle: Any = _new(_Handle)
-        handle._callback = callback
-        handle._args = args
-        handle._cancelled = False
-        handle._loop = self
-        handle._context = _copy_context() if context is None else context
-        handle._repr = None
-        handle._source_traceback = None
-        self._ready.append(handle)
-        return handle  # type: ignore[no-any-return]
+        return self._ready_handle(callback, args, context)
 
     def call_later(  # type: ignore[override]
         self,
@@ -191,18 +191,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             raise RuntimeError("Event loop is closed")
         if self._debug:
             return self._debug_timer(when, callback, args, context)
-        timer: Any = _new(_VirtualTimer)
-        timer._callback = callback
-        timer._args = args
-        timer._cancelled = False
-        timer._loop = self
-        timer._context = _copy_context() if context is None else context
-        timer._repr = None
-        timer._source_traceback = None
-        timer._when = when
-        timer._scheduled = True
-        heappush(self._scheduled, (when, next(self._timer_sequence), timer))
-        return timer  # type: ignore[no-any-return]
+        return self._timer(when, callback, args, context)
 
     def call_at(  # type: ignore[override]
         self,
@@ -217,14 +206,28 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             raise RuntimeError("Event loop is closed")
         if self._debug:
             return self._debug_timer(when, callback, args, context)
-        timer: Any = _new(_VirtualTimer)
-        timer._callback = callback
-        timer._args = args
-        timer._cancelled = False
-        timer._loop = self
-        timer._context = _copy_context() if context is None else context
-        timer._repr = None
-        timer._source_traceback = None
+        return self._timer(when, callback, args, context)
+
+    def _ready_handle(
+        self,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        context: contextvars.Context | None,
+    ) -> asyncio.Handle:
+        """A Handle built without `__init__` (what it would set), queued as ready."""
+        handle = _fill(_new(_Handle), callback, args, self, context)
+        self._ready.append(handle)
+        return handle  # type: ignore[no-any-return]
+
+    def _timer(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        context: contextvars.Context | None,
+    ) -> asyncio.TimerHandle:
+        """A timer built without `__init__`, pushed on the heap."""
+        timer = _fill(_new(_VirtualTimer), callback, args, self, context)
         timer._when = when
         timer._scheduled = True
         heappush(self._scheduled, (when, next(self._timer_sequence), timer))

@@ -72,6 +72,7 @@ _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _KV_OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"  # a server-placed marker (expiry by max_age, ...)
 _DELETE_OPERATIONS = ("DEL", "PURGE")
+NO_RESPONDERS_PAUSE_S = 0.05  # before the one second try of a request nobody answered
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
 
 # Errors after which the outcome is unknown and the server may be failing over.
@@ -321,10 +322,25 @@ class NatsBus:
     ) -> JSON:
         self._check_open()
         data = encode(payload)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            msg = await self._nc.request(
-                subject, data, timeout=timeout, headers=dict(headers) if headers else None
-            )
+            try:
+                msg = await self._nc.request(
+                    subject, data, timeout=timeout, headers=dict(headers) if headers else None
+                )
+            except nats.errors.NoRespondersError:
+                # Nobody got it, so it can be sent again. A subscription made elsewhere can
+                # reach this server a moment after its subscribe returned (interest travels
+                # between the servers of a cluster; seen once on one loaded server): ask
+                # once more before saying that nobody listens.
+                left = deadline - loop.time() - NO_RESPONDERS_PAUSE_S
+                if left <= 0:
+                    raise
+                await asyncio.sleep(NO_RESPONDERS_PAUSE_S)
+                msg = await self._nc.request(
+                    subject, data, timeout=left, headers=dict(headers) if headers else None
+                )
         except nats.errors.NoRespondersError:
             raise NoHandlers(f"no handlers for {subject}") from None
         except nats.errors.TimeoutError:

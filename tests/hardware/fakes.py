@@ -81,3 +81,19 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: fl
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(poll_s)
+
+
+@dataclass
+class AlarmFakeDriver(FakeDriver):
+    """A FakeDriver that can also clear alarms (`AlarmClearing`); starts with a light alarm."""
+
+    def __post_init__(self) -> None:
+        self.data = replace(self.data, status=replace(
+            self.data.status, alarm="4010 0001 0000", alarm_state="Light alarm"))
+
+    async def clear_alarm(self) -> ConverterData:
+        self._maybe_fail()
+        self.calls.append(("clear_alarm", ()))
+        self.data = replace(self.data, status=replace(
+            self.data.status, alarm="0000 0000 0000", alarm_state="No alarm"))
+        return self.data

@@ -204,6 +204,17 @@ class DeviceDriver(Protocol):
     async def version(self) -> DriverVersion: ...
 
 
+@runtime_checkable
+class AlarmClearing(Protocol):
+    """An optional DeviceDriver capability: clear the converter's latched alarms.
+
+    Only drivers that can send the device's own clear-alarm command implement it (the serial
+    driver: EZA2500 command 9-4). It returns the converter data read back afterwards.
+    """
+
+    async def clear_alarm(self) -> ConverterData: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CommandLimits:
     """The range a converter command must lie in, or it is refused before it is sent.

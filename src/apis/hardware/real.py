@@ -99,10 +99,14 @@ class RealDriver:
 
     async def read_converter(self) -> ConverterData:
         async with self._operation:
-            mode = await self._read_mode()
-            vdis = await self.converter.read(eza.GRID_VOLTAGE)
-            param = await self.converter.read(eza.CURRENT_LIMITS)
-            return await self._snapshot(mode, vdis, param["dig"])
+            return await self._read_all()
+
+    async def _read_all(self) -> ConverterData:
+        """Mode, voltage set-point, current limit, then the snapshot (caller holds the lock)."""
+        mode = await self._read_mode()
+        vdis = await self.converter.read(eza.GRID_VOLTAGE)
+        param = await self.converter.read(eza.CURRENT_LIMITS)
+        return await self._snapshot(mode, vdis, param["dig"])
 
     async def _read_mode(self) -> ConverterMode:
         raw = int((await self.converter.read(eza.MODE))["mode"])
@@ -218,6 +222,15 @@ class RealDriver:
             mode = self._mode if self._mode is not None else await self._read_mode()
             vdis = await self.converter.read(eza.GRID_VOLTAGE)
             return await self._snapshot(mode, vdis, echo["dig"])
+
+    async def clear_alarm(self) -> ConverterData:
+        """Clear the converter's latched alarms (9-4 with d0 = d1 = 0), then read it back.
+
+        Changes no set-point and no mode; the reply shows whether an alarm is still present.
+        """
+        async with self._operation:
+            await self.converter.write(eza.ALARMS, {"d0": 0, "d1": 0})
+            return await self._read_all()
 
     async def version(self) -> DriverVersion:
         return DriverVersion("2.0", DRIVER_VERSION)

@@ -1,9 +1,15 @@
 """The Device Driver Web API: a server for any DeviceDriver, and its HTTP client.
 
 Server (`create_driver_app`, `create_driver_router`): the `dcdc_v2` routes apis-main uses,
-all GET. Success is 200 with a JSON object; every failure is 400 with `{"err": reason}`. Unlike
-the original driver, every converter command is checked against `CommandLimits` before it
-reaches the driver; a refused command's body also carries `"refused": true`.
+all GET, and the original driver's legacy `dcdc_v1` aliases on the same driver and set-point
+cache: `/remote/get` (`/dcdc/get` plus `powermeter`), `/remote/get/status`, `/remote/set`
+(always a full set), `/remote/set/voltage`, `/remote/set/current`, `/1/log/data` (the battery
+log dict) and `/remote/ioctl/get`; `/remote/ioctl/clr_alarm` only for a driver that can clear
+alarms (`AlarmClearing`). `/remote/ioctl/set` (re-pushing the converter's protection and battery
+parameters) is not served. Success is 200 with a JSON object; every failure is 400 with
+`{"err": reason}`. Unlike the original driver, every converter command is checked against
+`CommandLimits` before it reaches the driver; a refused command's body also carries
+`"refused": true`.
 
 Client (`DeviceDriverClient`): implements DeviceDriver over HTTP, with the `dcdc_v2` routes or
 the original emulator's per-unit routes (`dcdc_emulator`), a per-request timeout and a total
@@ -24,6 +30,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from apis.hardware.driver import (
+    AlarmClearing,
     BatteryData,
     CommandLimits,
     CommandRefused,
@@ -69,6 +76,60 @@ def _err(message: str, *, refused: bool = False) -> JSONResponse:
     return JSONResponse(body, status_code=400)
 
 
+def _mode(text: str) -> ConverterMode:
+    try:
+        return ConverterMode.from_code(text)
+    except ValueError as error:  # from_code names the bad mode
+        raise CommandRefused(str(error)) from None
+
+
+def _required(q: dict[str, str], name: str) -> str:
+    if name not in q:
+        raise CommandRefused(f"No {name}")
+    return q[name]
+
+
+# The AC power meters: the DeviceDriver protocol has none, and the original driver answers
+# zeros for all of them too.
+_POWERMETER_ZEROS: dict[str, float] = dict.fromkeys(("p1", "p2", "v1", "i1", "kwh1", "kwh2"), 0.0)
+
+# `/1/log/data`: the original copies these from its configuration ("provisional" values).
+LOG_BATTERY_VOLTAGE = 52.0
+LOG_BATTERY_CURRENT = 20.0
+
+
+def battery_log(battery: BatteryData) -> dict[str, Any]:
+    """The original driver's full battery log dict (`/1/log/data`).
+
+    Only `rsoc`, `battery_rsoc` (the same value) and `battery_operation_status` are read from
+    the battery. Everything else is a placeholder with the value the original answers:
+    `system_time` and `dischargeable_time` all zeros, `battery_voltage` and `battery_current`
+    the fixed `LOG_BATTERY_VOLTAGE` / `LOG_BATTERY_CURRENT` (not measurements), their product
+    as `charge_discharge_power`, `battery_status`, `battery_warning`,
+    `ups_operation_schedule` and `ups_operation_mode` zeros. `battery_comm_err` is 0: a
+    failed battery read is not a 200 reply here but a 400 `{"err": ...}`.
+    """
+    return {
+        "system_time": {"year": 0, "month": 0, "day": 0, "hour": 0, "minute": 0},
+        "rsoc": battery.rsoc,
+        "dischargeable_time": {"hour": 0, "minute": 0},
+        "battery_voltage": LOG_BATTERY_VOLTAGE,
+        "battery_current": LOG_BATTERY_CURRENT,
+        "battery_rsoc": battery.rsoc,
+        "battery_status": 0,
+        "battery_warning": 0,
+        "battery_operation_status": battery.battery_operation_status,
+        "battery_comm_err": 0,
+        "charge_discharge_power": LOG_BATTERY_VOLTAGE * LOG_BATTERY_CURRENT,
+        "ups_operation_schedule": 0,
+        "ups_operation_mode": {"mode": 0, "parameter": 0, "stop_mode": 0},
+    }
+
+
+def _with_powermeter(data: ConverterData) -> dict[str, Any]:
+    return {**data.to_json(), "powermeter": dict(_POWERMETER_ZEROS)}
+
+
 def _decimal(name: str, text: str) -> float:
     """A query value as a number; refuse text, NaN and infinities naming the parameter."""
     try:
@@ -93,12 +154,15 @@ async def _answer(work: Callable[[], Awaitable[dict[str, Any]]]) -> JSONResponse
 
 
 def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRouter:
-    """The `dcdc_v2` routes for one unit, with their own set-point cache."""
+    """The `dcdc_v2` routes and their `dcdc_v1` aliases for one unit, with one set-point cache.
+
+    `/remote/ioctl/clr_alarm` is served only when `driver` implements `AlarmClearing`.
+    """
     router = APIRouter()
     cache = _SetCache()
 
     async def full_set(q: dict[str, str]) -> dict[str, Any]:
-        mode = ConverterMode.from_code(q["mode"]) if "mode" in q else cache.mode
+        mode = _mode(q["mode"]) if "mode" in q else cache.mode
         if mode is None:
             raise CommandRefused("No operationMode")
         dig = _decimal("dig", q["dig"]) if "dig" in q else cache.dig
@@ -114,7 +178,7 @@ def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRout
         return data.to_json()
 
     async def current_set(q: dict[str, str]) -> dict[str, Any]:
-        dig = _decimal("dig", q["dig"])
+        dig = _decimal("dig", _required(q, "dig"))
         if cache.mode is None:
             raise CommandRefused("No operationMode")
         if cache.dvg is None:
@@ -125,7 +189,7 @@ def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRout
         return {"meter": data.meter.to_json(), "param": data.param.to_json()}
 
     async def voltage_set(q: dict[str, str]) -> dict[str, Any]:
-        dvg = _decimal("dvg", q["dvg"])
+        dvg = _decimal("dvg", _required(q, "dvg"))
         drg = _decimal("drg", q["drg"]) if "drg" in q else (cache.drg or 0.0)
         if cache.mode is None:
             raise CommandRefused("No operationMode")
@@ -136,57 +200,75 @@ def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRout
         cache.dvg, cache.drg = dvg, drg
         return {"meter": data.meter.to_json(), "vdis": data.vdis.to_json()}
 
-    @router.get("/dcdc/set")
-    async def dcdc_set(request: Request) -> JSONResponse:
-        q = dict(request.query_params)
+    async def dispatched_set(q: dict[str, str]) -> dict[str, Any]:
+        """`/dcdc/set`: current-only, voltage-only or full set by the keys present."""
+        if "dig" in q and not q.keys() & {"dvg", "drg", "mode"}:
+            return await current_set(q)
+        if "dvg" in q and not q.keys() & {"dig", "mode"}:
+            return await voltage_set(q)
+        return await full_set(q)
 
-        async def work() -> dict[str, Any]:
-            try:
-                if "dig" in q and not q.keys() & {"dvg", "drg", "mode"}:
-                    return await current_set(q)
-                if "dvg" in q and not q.keys() & {"dig", "mode"}:
-                    return await voltage_set(q)
-                return await full_set(q)
-            except ValueError as error:  # ConverterMode.from_code names the bad mode
-                raise CommandRefused(str(error)) from None
+    def set_route(path: str, setter: Callable[[dict[str, str]], Awaitable[dict[str, Any]]]) -> None:
+        async def route(request: Request) -> JSONResponse:
+            q = dict(request.query_params)
+            return await _answer(lambda: setter(q))
 
-        return await _answer(work)
+        router.add_api_route(path, route, methods=["GET"], name=path)
 
-    @router.get("/dcdc/get")
-    async def dcdc_get() -> JSONResponse:
-        async def work() -> dict[str, Any]:
-            return (await driver.read_converter()).to_json()
+    set_route("/dcdc/set", dispatched_set)
+    set_route("/remote/set", full_set)  # the legacy alias never dispatches
+    set_route("/remote/set/voltage", voltage_set)
+    set_route("/remote/set/current", current_set)
 
-        return await _answer(work)
+    def read_route(path: str, work: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        async def route() -> JSONResponse:
+            return await _answer(work)
 
-    @router.get("/dcdc/get/status")
-    async def dcdc_get_status() -> JSONResponse:
-        async def work() -> dict[str, Any]:
-            data = await driver.read_converter()
-            return {"status": data.status.to_json(), "meter": data.meter.to_json()}
+        router.add_api_route(path, route, methods=["GET"], name=path)
 
-        return await _answer(work)
+    async def dcdc_get() -> dict[str, Any]:
+        return (await driver.read_converter()).to_json()
 
-    @router.get("/battery/get")
-    async def battery_get() -> JSONResponse:
-        async def work() -> dict[str, Any]:
-            return (await driver.read()).battery.to_json()
+    async def remote_get() -> dict[str, Any]:
+        return _with_powermeter(await driver.read_converter())
 
-        return await _answer(work)
+    async def dcdc_get_status() -> dict[str, Any]:
+        data = await driver.read_converter()
+        return {"status": data.status.to_json(), "meter": data.meter.to_json()}
 
-    @router.get("/all/get")
-    async def all_get() -> JSONResponse:
-        async def work() -> dict[str, Any]:
-            return (await driver.read()).to_flat_json()
+    async def battery_get() -> dict[str, Any]:
+        return (await driver.read()).battery.to_json()
 
-        return await _answer(work)
+    async def log_data() -> dict[str, Any]:
+        return battery_log((await driver.read()).battery)
 
-    @router.get("/version/get")
-    async def version_get() -> JSONResponse:
-        async def work() -> dict[str, Any]:
-            return (await driver.version()).to_json()
+    async def all_get() -> dict[str, Any]:
+        return (await driver.read()).to_flat_json()
 
-        return await _answer(work)
+    async def ioctl_get() -> dict[str, Any]:
+        unit = await driver.read()
+        return {**battery_log(unit.battery), **_with_powermeter(unit.dcdc)}
+
+    async def version_get() -> dict[str, Any]:
+        return (await driver.version()).to_json()
+
+    read_route("/dcdc/get", dcdc_get)
+    read_route("/remote/get", remote_get)
+    read_route("/dcdc/get/status", dcdc_get_status)
+    read_route("/remote/get/status", dcdc_get_status)
+    read_route("/battery/get", battery_get)
+    read_route("/1/log/data", log_data)
+    read_route("/all/get", all_get)
+    read_route("/remote/ioctl/get", ioctl_get)
+    read_route("/version/get", version_get)
+
+    if isinstance(driver, AlarmClearing):
+        clearing: AlarmClearing = driver
+
+        async def clear_alarm() -> dict[str, Any]:
+            return _with_powermeter(await clearing.clear_alarm())
+
+        read_route("/remote/ioctl/clr_alarm", clear_alarm)
 
     @router.get("/essx/hello")
     async def hello() -> JSONResponse:
@@ -197,7 +279,7 @@ def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRout
 
 
 def create_driver_app(driver: DeviceDriver, limits: CommandLimits) -> FastAPI:
-    """A FastAPI app serving `driver` with the `dcdc_v2` routes (mountable under a prefix)."""
+    """A FastAPI app serving `driver` with the `dcdc_v2` routes and their legacy aliases."""
     app = FastAPI(title="APIS Device Driver", docs_url=None, redoc_url=None)
     app.include_router(create_driver_router(driver, limits))
     return app

@@ -73,6 +73,20 @@ class _Factor:
     live_index: IntArray  # nodes of the reduced system
 
 
+@dataclass(frozen=True, slots=True)
+class VoltageSources:
+    """Voltage references (Norton sources) made ready for repeated solves (`prepare`): the
+    live parts they hold up and the factorization for their nodes and conductances. Valid
+    until a line breaks or is repaired (`GridNetwork.topology_version`)."""
+
+    nodes: IntArray
+    g: FloatArray
+    live: NDArray[np.bool_]
+    labels: IntArray
+    factor: _Factor
+    distinct_nodes: bool  # no two sources share a node
+
+
 class GridNetwork:
     """Topology of grid.json plus the state of each line (intact or broken)."""
 
@@ -91,12 +105,18 @@ class GridNetwork:
             [line.resistance_ohm for line in config.lines], dtype=np.float64
         )
         self.broken: NDArray[np.bool_] = np.zeros(len(self.line_ids), dtype=bool)
+        self._any_broken = False
         self.config = config
         self._topology_version = 0
         self._components: tuple[int, IntArray] | None = None
         self._factors: OrderedDict[tuple[object, ...], _Factor] = OrderedDict()
         self.factorizations = 0  # how many LU factorizations so far (tests and benchmarks)
         self.unconverged_solves = 0  # limited solves that hit the iteration bound
+
+    @property
+    def topology_version(self) -> int:
+        """Bumped whenever a line breaks or is repaired."""
+        return self._topology_version
 
     @property
     def n_nodes(self) -> int:
@@ -115,6 +135,7 @@ class GridNetwork:
             raise KeyError(f"line = {line_id!r} (not in grid.json lines)") from None
         if bool(self.broken[index]) != broken:
             self.broken[index] = broken
+            self._any_broken = bool(self.broken.any())
             self._topology_version += 1
             self._components = None
             self._factors.clear()
@@ -174,7 +195,9 @@ class GridNetwork:
         linear_g: FloatArray,
         rhs_full: FloatArray,
     ) -> FloatArray:
-        factor = self._factorize(live, linear_nodes, linear_g)
+        return self._substitute(self._factorize(live, linear_nodes, linear_g), rhs_full)
+
+    def _substitute(self, factor: _Factor, rhs_full: FloatArray) -> FloatArray:
         node_v = np.zeros(self.n_nodes)
         if len(factor.live_index):
             solution = factor.lu.solve(rhs_full[factor.live_index])  # type: ignore[attr-defined]
@@ -188,9 +211,9 @@ class GridNetwork:
         live: NDArray[np.bool_],
         labels: IntArray,
     ) -> GridSolution:
-        line_i = np.where(
-            self.broken, 0.0, (node_v[self.line_from] - node_v[self.line_to]) / self.line_r
-        )
+        line_i = (node_v[self.line_from] - node_v[self.line_to]) / self.line_r
+        if self._any_broken:
+            line_i = np.where(self.broken, 0.0, line_i)
         line_loss_w = line_i * line_i * self.line_r
         return GridSolution(node_v, source_i, line_i, line_loss_w, live, labels)
 
@@ -206,13 +229,28 @@ class GridNetwork:
         `injection_a` is the current (A) each node's CC converters push into the grid; it is
         ignored on dead parts (callers zero it there, since no current can flow).
         """
+        return self.solve_prepared(self.prepare(source_nodes, source_g), source_v, injection_a)
+
+    def prepare(self, source_nodes: IntArray, source_g: FloatArray) -> VoltageSources:
+        """Norton sources at `source_nodes` with conductances `source_g`, ready to solve."""
         _, labels = self.components()
         live = self.live_nodes(source_nodes)
-        rhs_full = np.where(live, injection_a, 0.0)
-        np.add.at(rhs_full, source_nodes, source_g * source_v)
-        node_v = self._node_voltages(live, source_nodes, source_g, rhs_full)
-        source_i = source_g * (source_v - node_v[source_nodes])
-        return self._solution(node_v, source_i, live, labels)
+        factor = self._factorize(live, source_nodes, source_g)
+        distinct = len(np.unique(source_nodes)) == len(source_nodes)
+        return VoltageSources(source_nodes, source_g, live, labels, factor, distinct)
+
+    def solve_prepared(
+        self, sources: VoltageSources, source_v: FloatArray, injection_a: FloatArray
+    ) -> GridSolution:
+        """`solve` for prepared sources at voltages `source_v`."""
+        rhs_full = np.where(sources.live, injection_a, 0.0)
+        if sources.distinct_nodes:
+            rhs_full[sources.nodes] += sources.g * source_v  # cheaper than np.add.at
+        else:
+            np.add.at(rhs_full, sources.nodes, sources.g * source_v)
+        node_v = self._substitute(sources.factor, rhs_full)
+        source_i = sources.g * (source_v - node_v[sources.nodes])
+        return self._solution(node_v, source_i, sources.live, sources.labels)
 
     def solve_limited(
         self,

@@ -68,6 +68,10 @@ def _load_shape_at(hour: float) -> float:
     return raw / _LOAD_SHAPE_MEAN
 
 
+def _hour_of_day(at: datetime) -> float:
+    return at.hour + at.minute / 60.0 + at.second / 3600.0 + at.microsecond / 3.6e9
+
+
 def _raw_mean() -> float:
     hours = np.linspace(0.0, 24.0, 24 * 60, endpoint=False)
     d = (hours[:, None] - np.array([7.5, 12.5, 19.5]) + 12.0) % 24.0 - 12.0
@@ -104,6 +108,7 @@ class BuiltinProfiles:
         self.kwh_per_day = np.zeros(0)
         self._noise_cache: dict[int, FloatArray] = {}
         self._weather_cache: dict[int, float] = {}
+        self._sun_cache: dict[tuple[int, float], tuple[float, float]] = {}
         self.resize(n_units)
 
     def resize(self, n_units: int) -> None:
@@ -139,17 +144,30 @@ class BuiltinProfiles:
 
     def clear_sky(self, at: datetime) -> float:
         """Clear-sky PV as a share of peak (1 at solstice noon), solar time = clock time."""
-        day_of_year = at.timetuple().tm_yday
-        hour = at.hour + at.minute / 60.0 + at.second / 3600.0 + at.microsecond / 3.6e9
-        declination = math.radians(23.44) * math.sin(2 * math.pi * (284 + day_of_year) / 365)
+        return self._clear_sky_at(at.toordinal(), _hour_of_day(at), at)
+
+    def _clear_sky_at(self, day: int, hour: float, at: datetime) -> float:
+        # sin(elevation) = fixed + varying * cos(hour angle); the terms change once a day.
+        sun = self._sun_cache.get((day, self.latitude))
+        if sun is None:
+            if len(self._sun_cache) > 8:
+                self._sun_cache.clear()
+            sun = self._sun_terms(at.timetuple().tm_yday)
+            self._sun_cache[(day, self.latitude)] = sun
+        fixed, varying = sun
         hour_angle = math.radians(15.0 * (hour - 12.0))
-        sin_elevation = math.sin(self.latitude) * math.sin(declination) + math.cos(
-            self.latitude
-        ) * math.cos(declination) * math.cos(hour_angle)
+        sin_elevation = fixed + varying * math.cos(hour_angle)
         if sin_elevation <= 0:
             return 0.0
         best = math.cos(self.latitude - math.radians(23.44))  # sin of the highest elevation
         return float((sin_elevation / best) ** 1.15)
+
+    def _sun_terms(self, day_of_year: int) -> tuple[float, float]:
+        declination = math.radians(23.44) * math.sin(2 * math.pi * (284 + day_of_year) / 365)
+        return (
+            math.sin(self.latitude) * math.sin(declination),
+            math.cos(self.latitude) * math.cos(declination),
+        )
 
     def _noise(self, day: int) -> FloatArray:
         """Per unit, per hour multiplicative load noise for one day (mean about 1)."""
@@ -166,8 +184,8 @@ class BuiltinProfiles:
 
     def power_w(self, elapsed_s: float, at: datetime) -> tuple[FloatArray, FloatArray]:
         day = at.toordinal()
-        pv = self.peak_w * (self.clear_sky(at) * self.weather(day))
-        hour = at.hour + at.minute / 60.0 + at.second / 3600.0 + at.microsecond / 3.6e9
+        hour = _hour_of_day(at)
+        pv = self.peak_w * (self._clear_sky_at(day, hour, at) * self.weather(day))
         k = int(hour) % HOURS_PER_DAY
         w = hour - int(hour)
         today = self._noise(day)

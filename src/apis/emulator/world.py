@@ -74,6 +74,7 @@ from apis.emulator.grid import (
     LINEAR,
     GridNetwork,
     GridSolution,
+    VoltageSources,
 )
 from apis.emulator.house import BuiltinProfiles, HouseProfiles
 from apis.emulator.ups import BYPASS_MODE, NORMAL_MODE, UpsModel
@@ -102,6 +103,9 @@ _MEMO_LIMIT = 4096  # distinct converter settings remembered before starting afr
 
 # What a unit is in the limited grid solve (a changed role restarts its state).
 _ROLE_NONE, _ROLE_REFERENCE, _ROLE_DISCHARGE, _ROLE_CHARGE = 0, 1, 2, 3
+
+# The alarm bits in their order (1, 2, 4, ...): the rows of the table `_update_alarms` fills.
+_ALARM_BITS = np.array([int(bit) for bit in Alarm], dtype=np.int64)
 
 
 def unit_ids_for(n: int) -> list[str]:
@@ -175,6 +179,37 @@ class UnitCounters:
             self.pv_wh + self.curtailed_wh + self.load_wh + self.bought_wh + self.spilled_wh
             + self.converter_loss_wh + self.grid_in_wh + self.grid_out_wh
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """What the converter settings, the faults, the house overrides and the grid's topology
+    decide (with the units' fixed hardware limits). It stays the same from step to step
+    until one of them changes (`key`), so the step builds it only then
+    (`World._current_setup`)."""
+
+    key: tuple[object, ...]
+    switching: BoolArray
+    cv: BoolArray
+    cc: BoolArray
+    cc_discharging: BoolArray
+    cc_charging: BoolArray
+    source_units: NDArray[np.intp]  # the voltage references
+    references: VoltageSources  # ... prepared for the grid solve
+    cv_limit_a: FloatArray  # per reference: its current limit
+    unit_live: BoolArray  # the unit's part of the grid holds a voltage reference
+    cc_live: BoolArray  # CC converters on a live part
+    cc_live_units: list[int]
+    cc_target_a: FloatArray  # the CC set point, signed (+ discharge)
+    # CURRENT_LIMIT beyond these: a reference's |current|, the grid and battery currents.
+    cv_over_current_a: FloatArray
+    ig_high_a: FloatArray
+    ig_low_a: FloatArray
+    ib_high_a: FloatArray
+    ib_low_a: FloatArray
+    pv_overridden: BoolArray | None  # None: no unit's PV is overridden
+    load_overridden: BoolArray | None
+    auto_permission: bool  # some unit has automatic sharing-permission thresholds
 
 
 # Per-unit arrays (resized together when units are added or removed).
@@ -284,6 +319,8 @@ class World:
             profiles if profiles is not None else BuiltinProfiles(n, seed=seed)
         )
         self.t = 0.0  # s since `start`
+        self._now_of: tuple[datetime, float] | None = None  # (start, t) of `_now`
+        self._now = start
         self.voltage_conflicts: list[VoltageConflict] = []
         self._active_conflicts: dict[tuple[str, ...], int] = {}  # group -> record index
         self.droop_parallels: list[DroopParallel] = []
@@ -296,6 +333,13 @@ class World:
         self.last_solution: GridSolution | None = None
         self.last_solve_iterations = 0  # solves the last step's limited grid solve took
         self._grid_limited = False  # some source was at a limit in the last solve
+        self._setup: _Setup | None = None
+        self._unlimited_memo: (
+            tuple[_Setup, tuple[bytes, bytes], tuple[GridSolution, BoolArray] | None] | None
+        ) = None
+        # The setup under which every reference has reached its set point: until the setup
+        # changes, the references' ramp leaves them as they are.
+        self._settled_setup: _Setup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_origin = 0.0
         self._index = {u: i for i, u in enumerate(self.unit_ids)}
@@ -419,7 +463,11 @@ class World:
 
     def now(self) -> datetime:
         """Calendar time of the world."""
-        return self.start + timedelta(seconds=self.t)
+        # Asked by the step and by every unit's reading: computed once per world time.
+        if self._now_of != (self.start, self.t):
+            self._now_of = (self.start, self.t)
+            self._now = self.start + timedelta(seconds=self.t)
+        return self._now
 
     @property
     def rsoc(self) -> FloatArray:
@@ -481,21 +529,20 @@ class World:
         if dt < 0 or not math.isfinite(dt):
             raise ValueError(f"dt = {dt} (must be a finite number >= 0)")
         model = self.model
+        setup = self._current_setup()
         at = self.now()
-        pv_profile, load_profile = self.profiles.power_w(self.t, at)
-        pv = np.where(np.isnan(self.pv_override_w), pv_profile, self.pv_override_w)
-        load = np.where(np.isnan(self.load_override_w), load_profile, self.load_override_w)
+        pv, load = self._house_power(setup, at)
 
         energy = self.energy_wh
-        rsoc = battery.rsoc_percent(energy, self.capacity_wh)
-        self.permitted = battery.auto_permission(
-            self.permitted, rsoc, self.deny_below, self.permit_above
-        )
+        if setup.auto_permission:
+            self.permitted = battery.auto_permission(
+                self.permitted, self.rsoc, self.deny_below, self.permit_above
+            )
 
         # UPS: in bypass the mains serve the house; AC charging adds mains power.
         if self.ups is not None:
             self.ups_bypass, self.ups_ac_charging = self.ups.next_state(
-                self.ups_bypass, self.ups_ac_charging, rsoc
+                self.ups_bypass, self.ups_ac_charging, self.rsoc
             )
             mains = np.where(self.ups_bypass, load, 0.0) + np.where(
                 self.ups_ac_charging, self.ups.ac_charge_w, 0.0
@@ -503,48 +550,29 @@ class World:
         else:
             mains = np.zeros(self.n_units)
 
-        tripped = self.fault_alarm | self.over_temperature
-        mode = self.mode
-        discharging = mode == DISCHARGE
-        charging = mode == CHARGE
-        switching = (mode != WAITING) & ~tripped
-        cv = switching & (mode == VOLTAGE_REFERENCE)
-        cc = switching & (charging | discharging)
-        source_units = np.flatnonzero(cv)
-        source_nodes = self._unit_node[source_units]
-        unit_live = self.grid.live_nodes(source_nodes)[self._unit_node]
+        cc = setup.cc
+        source_units = setup.source_units
+        unit_live = setup.unit_live
 
         # CC: a converter needs a live grid above its under-voltage threshold and a battery
         # that can give (discharge) or take (charge).
         full = energy >= self.capacity_wh
         empty = energy <= 0.0
-        battery_blocked = cc & ((discharging & empty) | (charging & full))
+        battery_blocked = (setup.cc_discharging & empty) | (setup.cc_charging & full)
         grid_ok = unit_live & (self.vg >= model.under_voltage_v - _TOLERANCE_V)
-        set_point = np.minimum(self.dig, model.device_dig_max_a)
-        target = np.where(discharging, set_point, -set_point)
-        target = np.where(cc & grid_ok & ~battery_blocked, target, 0.0)
-        self.i_cc = np.where(cc & unit_live, model.follow_current(self.i_cc, target, dt), 0.0)
+        target = np.where(cc & grid_ok & ~battery_blocked, setup.cc_target_a, 0.0)
+        self.i_cc = np.where(setup.cc_live, model.follow_current(self.i_cc, target, dt), 0.0)
 
-        # CV: a starting reference moves from the grid's present voltage; on a dead grid
-        # (below the under-voltage level) it soft-starts until it first reaches its dvg.
-        starting = cv & ~self.cv_active
-        self.v_ref = np.where(starting, self.vg, self.v_ref)
-        self.soft_start = cv & np.where(
-            starting, self.vg < model.under_voltage_v, self.soft_start
-        )
-        self.v_ref = np.where(
-            cv, model.ramp_voltage(self.v_ref, self.dvg, self.soft_start, dt), 0.0
-        )
-        self.soft_start &= np.abs(self.v_ref - self.dvg) > _TOLERANCE_V
-        self.cv_active = cv
+        if setup is not self._settled_setup:
+            self._move_references(setup, dt)
 
-        solution, limiting, under, over = self._solve_grid(source_units, cc & unit_live)
+        solution, limiting, under, over = self._solve_grid(setup)
         self.last_solution = solution
         i_out = self.i_cc.copy()
         i_out[source_units] = solution.source_i[: len(source_units)]
-        vg = np.where(unit_live, solution.node_v[self._unit_node], 0.0)
+        vg = solution.node_v[self._unit_node]  # 0 on dead parts
         wg = -vg * i_out  # positive while the unit takes power from the grid
-        loss = model.loss_w(wg, switching)
+        loss = model.loss_w(wg, setup.switching)
         wb = wg - loss
 
         # Energy (Wh) over the step.
@@ -597,15 +625,96 @@ class World:
         self.over_temperature = (self.over_temperature | hot) & ~cool
 
         conflict = self._check_conflicts(source_units, solution, i_out, at)
-        self._update_alarms(
-            cc, cv, battery_blocked, grid_ok, i_out, conflict, limiting, under, over
-        )
+        self._update_alarms(setup, battery_blocked, grid_ok, i_out, conflict, limiting, under, over)
         self.t += dt
         self._changed()
 
-    def _solve_grid(
-        self, source_units: NDArray[np.intp], cc_on_grid: NDArray[np.bool_]
-    ) -> tuple[GridSolution, BoolArray, BoolArray, BoolArray]:
+    def _current_setup(self) -> _Setup:
+        """The setup of the present settings (built afresh only when one of them changed)."""
+        key = (
+            self.grid.topology_version, self.mode.tobytes(), self.fault_alarm.tobytes(),
+            self.over_temperature.tobytes(), self.dig.tobytes(), self.dvg.tobytes(),
+            self.drg.tobytes(), self.pv_override_w.tobytes(), self.load_override_w.tobytes(),
+            self.deny_below.tobytes(), self.permit_above.tobytes(),
+        )
+        setup = self._setup
+        if setup is None or setup.key != key:
+            setup = self._setup = self._build_setup(key)
+        return setup
+
+    def _build_setup(self, key: tuple[object, ...]) -> _Setup:
+        model = self.model
+        mode = self.mode
+        tripped = self.fault_alarm | self.over_temperature
+        discharging = mode == DISCHARGE
+        charging = mode == CHARGE
+        switching = (mode != WAITING) & ~tripped
+        cv = switching & (mode == VOLTAGE_REFERENCE)
+        cc = switching & (charging | discharging)
+        source_units = np.flatnonzero(cv)
+        r_source = model.output_resistance_ohm + droop_resistance(
+            self.dvg[source_units], self.drg[source_units]
+        )
+        references = self.grid.prepare(self._unit_node[source_units], 1.0 / r_source)
+        unit_live = references.live[self._unit_node]
+        cc_live = cc & unit_live
+        set_point = np.minimum(self.dig, model.device_dig_max_a)
+        pv_overridden = ~np.isnan(self.pv_override_w)
+        load_overridden = ~np.isnan(self.load_override_w)
+        auto = ~np.isnan(self.deny_below) & ~np.isnan(self.permit_above)
+        return _Setup(
+            key=key,
+            switching=switching,
+            cv=cv,
+            cc=cc,
+            cc_discharging=cc & discharging,
+            cc_charging=cc & charging,
+            source_units=source_units,
+            references=references,
+            cv_limit_a=np.minimum(self.dig[source_units], model.device_dig_max_a),
+            unit_live=unit_live,
+            cc_live=cc_live,
+            cc_live_units=np.flatnonzero(cc_live).tolist(),
+            cc_target_a=np.where(discharging, set_point, -set_point),
+            cv_over_current_a=self.dig + _TOLERANCE_A,
+            ig_high_a=self.ig_max + _TOLERANCE_A,
+            ig_low_a=self.ig_min - _TOLERANCE_A,
+            ib_high_a=self.ib_max + _TOLERANCE_A,
+            ib_low_a=self.ib_min - _TOLERANCE_A,
+            pv_overridden=pv_overridden if pv_overridden.any() else None,
+            load_overridden=load_overridden if load_overridden.any() else None,
+            auto_permission=bool(auto.any()),
+        )
+
+    def _house_power(self, setup: _Setup, at: datetime) -> tuple[FloatArray, FloatArray]:
+        """PV and load per unit: the profiles', or the overrides where set."""
+        pv, load = self.profiles.power_w(self.t, at)
+        if setup.pv_overridden is not None:
+            pv = np.where(setup.pv_overridden, self.pv_override_w, pv)
+        if setup.load_overridden is not None:
+            load = np.where(setup.load_overridden, self.load_override_w, load)
+        return pv, load
+
+    def _move_references(self, setup: _Setup, dt: float) -> None:
+        """CV: a starting reference moves from the grid's present voltage; on a dead grid
+        (below the under-voltage level) it soft-starts until it first reaches its dvg."""
+        model = self.model
+        cv = setup.cv
+        starting = cv & ~self.cv_active
+        self.v_ref = np.where(starting, self.vg, self.v_ref)
+        self.soft_start = cv & np.where(
+            starting, self.vg < model.under_voltage_v, self.soft_start
+        )
+        self.v_ref = np.where(
+            cv, model.ramp_voltage(self.v_ref, self.dvg, self.soft_start, dt), 0.0
+        )
+        self.soft_start &= np.abs(self.v_ref - self.dvg) > _TOLERANCE_V
+        self.cv_active = cv
+        # At their set points the ramp moves them by exactly 0 (and nothing soft-starts).
+        settled = np.array_equal(self.v_ref, np.where(cv, self.dvg, 0.0))
+        self._settled_setup = setup if settled else None
+
+    def _solve_grid(self, setup: _Setup) -> tuple[GridSolution, BoolArray, BoolArray, BoolArray]:
         """The limited grid solve; updates the delivered CC currents.
 
         Limiting law. A voltage reference is a droop source ``v_ref - r * i`` as long as its
@@ -624,37 +733,18 @@ class World:
         """
         model = self.model
         n = self.n_units
+        source_units = setup.source_units
         n_cv = len(source_units)
-        cv_limit = np.minimum(self.dig[source_units], model.device_dig_max_a)
-        r_source = model.output_resistance_ohm + droop_resistance(
-            self.dvg[source_units], self.drg[source_units]
-        )
-        g_cv = 1.0 / r_source
-        source_nodes = self._unit_node[source_units]
-        no_unit = np.zeros(n, dtype=bool)
+        cv_limit = setup.cv_limit_a
+        g_cv = setup.references.g
+        source_nodes = setup.references.nodes
         if not self._grid_limited:
-            # Fast path (normal operation): references linear, CC at full current, as long
-            # as the solution shows nobody beyond a limit.
-            injection = np.zeros(self.grid.n_nodes)
-            injection[self._unit_node] = self.i_cc
-            plain = self.grid.solve(source_nodes, g_cv, self.v_ref[source_units], injection)
-            magnitude = np.abs(plain.source_i)
-            v = plain.node_v[self._unit_node]
-            g_cc = 1.0 / model.output_resistance_ohm
-            # Unclipped CC current at the voltage limit's stiff source (see the law above).
-            x = g_cc * (np.where(self.i_cc > 0.0, self.ogv, model.under_voltage_v) - v)
-            tol = LIMIT_TOLERANCE_A
-            cc_fine = ~cc_on_grid | (self.i_cc == 0.0) | np.where(
-                self.i_cc > 0.0, x >= self.i_cc - tol, x <= self.i_cc + tol
-            )
-            if np.all(magnitude <= cv_limit + tol) and np.all(cc_fine):
+            unlimited = self._unlimited_solve(setup)
+            if unlimited is not None:
                 self.last_solve_iterations = 1
-                limiting = no_unit.copy()
-                limiting[source_units] = (magnitude >= cv_limit - _AT_LIMIT_A) & (
-                    magnitude > _AT_LIMIT_A
-                )
-                return plain, limiting, no_unit, no_unit
-        cc_units = np.flatnonzero(cc_on_grid & (self.i_cc != 0.0))
+                no_unit = np.zeros(n, dtype=bool)
+                return unlimited[0], unlimited[1], no_unit, no_unit
+        cc_units = np.flatnonzero(setup.cc_live & (self.i_cc != 0.0))
         units = np.concatenate([source_units, cc_units])
         i_cc = self.i_cc[cc_units]
         giving = i_cc > 0.0
@@ -709,6 +799,64 @@ class World:
         under[cc_units] = ~giving & (cc_state != AT_LOW)
         over[cc_units] = giving & (cc_state != AT_HIGH)
         return limited.grid, limiting, under, over
+
+    def _unlimited_solve(self, setup: _Setup) -> tuple[GridSolution, BoolArray] | None:
+        """Fast path (normal operation): references linear, CC at full current. The
+        solution and which references are at their limit; None if it shows a source beyond
+        a limit. A settled grid (same setup, CC currents and reference voltages as the last
+        time) gets the same answer again without solving."""
+        inputs = (self.i_cc.tobytes(), self.v_ref.tobytes())
+        memo = self._unlimited_memo
+        if memo is not None and memo[0] is setup and memo[1] == inputs:
+            return memo[2]
+        injection = np.zeros(self.grid.n_nodes)
+        injection[self._unit_node] = self.i_cc
+        plain = self.grid.solve_prepared(
+            setup.references, self.v_ref[setup.source_units], injection
+        )
+        limiting = self._references_limiting(setup, plain.source_i)
+        if limiting is None or not self._cc_within_limits(setup, plain.node_v):
+            result = None
+        else:
+            result = (plain, limiting)
+        self._unlimited_memo = (setup, inputs, result)
+        return result
+
+    def _references_limiting(
+        self, setup: _Setup, source_i: FloatArray
+    ) -> BoolArray | None:
+        """Per unit: the reference is at its current limit; None: one is beyond it.
+
+        The few references are looked at one by one in Python floats (the same IEEE
+        arithmetic as numpy's, without its per-call overhead on tiny arrays)."""
+        limiting = np.zeros(self.n_units, dtype=bool)
+        for unit, current, limit in zip(
+            setup.source_units.tolist(), source_i.tolist(), setup.cv_limit_a.tolist(),
+            strict=True,
+        ):
+            magnitude = abs(current)
+            if not magnitude <= limit + LIMIT_TOLERANCE_A:
+                return None
+            limiting[unit] = magnitude >= limit - _AT_LIMIT_A and magnitude > _AT_LIMIT_A
+        return limiting
+
+    def _cc_within_limits(self, setup: _Setup, node_v: FloatArray) -> bool:
+        """No CC converter moving current is beyond its grid voltage limit (the limiting
+        law of `_solve_grid`: the unclipped current of the limit's stiff source, at the
+        unit's voltage, still covers the converter's current). In Python floats, as
+        `_references_limiting`."""
+        model = self.model
+        g_cc = 1.0 / model.output_resistance_ohm
+        tolerance = LIMIT_TOLERANCE_A
+        for unit in setup.cc_live_units:
+            current = self.i_cc.item(unit)
+            v = node_v.item(self._unit_node.item(unit))
+            if current > 0.0:
+                if not g_cc * (self.ogv.item(unit) - v) >= current - tolerance:
+                    return False
+            elif current < 0.0 and not g_cc * (model.under_voltage_v - v) <= current + tolerance:
+                return False
+        return True
 
     def _check_conflicts(
         self, source_units: NDArray[np.intp], solution: GridSolution, i_out: FloatArray,
@@ -768,8 +916,7 @@ class World:
 
     def _update_alarms(
         self,
-        cc: NDArray[np.bool_],
-        cv: NDArray[np.bool_],
+        setup: _Setup,
         battery_blocked: NDArray[np.bool_],
         grid_ok: NDArray[np.bool_],
         i_out: FloatArray,
@@ -778,27 +925,28 @@ class World:
         held_under: NDArray[np.bool_],
         held_over: NDArray[np.bool_],
     ) -> None:
-        # mask * bit: the bit where the mask is set (int64), one ufunc per alarm.
-        alarms: IntArray = self.over_temperature * int(Alarm.OVER_TEMPERATURE)
-
-        def flag(mask: NDArray[np.bool_], bit: Alarm) -> None:
-            np.bitwise_or(alarms, mask * int(bit), out=alarms)
-
-        flag(self.fault_alarm, Alarm.INJECTED)
-        flag((cc & ~grid_ok) | held_under, Alarm.GRID_UNDER_VOLTAGE)
-        flag((self.vg > self.ogv) | held_over, Alarm.GRID_OVER_VOLTAGE)
-        over_current = (
-            limiting
-            | (cv & (np.abs(i_out) > self.dig + _TOLERANCE_A))
-            | (self.ig > self.ig_max + _TOLERANCE_A)
-            | (self.ig < self.ig_min - _TOLERANCE_A)
-            | (self.ib > self.ib_max + _TOLERANCE_A)
-            | (self.ib < self.ib_min - _TOLERANCE_A)
+        over_current = limiting | (setup.cv & (np.abs(i_out) > setup.cv_over_current_a))
+        over_current |= self.ig > setup.ig_high_a
+        over_current |= self.ig < setup.ig_low_a
+        over_current |= self.ib > setup.ib_high_a
+        over_current |= self.ib < setup.ib_low_a
+        # One row per bit, in the order of `Alarm`; the words are the sums of the bits set
+        # (one call rather than one ufunc per bit).
+        table = np.array(
+            [
+                self.over_temperature,  # OVER_TEMPERATURE
+                (setup.cc & ~grid_ok) | held_under,  # GRID_UNDER_VOLTAGE
+                (self.vg > self.ogv) | held_over,  # GRID_OVER_VOLTAGE
+                over_current,  # CURRENT_LIMIT
+                conflict,  # VOLTAGE_CONFLICT
+                battery_blocked,  # BATTERY_LIMIT
+                self.fault_alarm,  # INJECTED
+            ]
         )
-        flag(over_current, Alarm.CURRENT_LIMIT)
-        flag(conflict, Alarm.VOLTAGE_CONFLICT)
-        flag(battery_blocked, Alarm.BATTERY_LIMIT)
-        self.alarms = alarms
+        if np.count_nonzero(table):
+            self.alarms = _ALARM_BITS @ table
+        else:
+            self.alarms = np.zeros(self.n_units, dtype=np.int64)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -1118,8 +1266,15 @@ class World:
         self._rebuild_grid(GridConfig(nodes=nodes, lines=lines))
         return gone
 
+    def _forget_setup(self) -> None:
+        """Units or the grid were replaced: the setup's arrays and prepared sources (and
+        what was computed with them) belong to the old ones, whatever the key says."""
+        self._setup = self._settled_setup = None
+        self._unlimited_memo = None
+
     def _resize(self, n: int, keep: NDArray[np.intp]) -> None:
         self._changed()
+        self._forget_setup()
         for name in _UNIT_ARRAYS:
             old = getattr(self, name)
             new = np.zeros(n, dtype=old.dtype)
@@ -1142,6 +1297,7 @@ class World:
         old_losses = dict(zip(self.grid.line_ids, self.line_loss_wh, strict=True))
         self.grid_config = config
         self.grid = GridNetwork(config)
+        self._forget_setup()
         for line in broken & set(self.grid.line_ids):
             self.grid.set_line_broken(line, True)
         self.line_loss_wh = np.array([old_losses.get(line, 0.0) for line in self.grid.line_ids])

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from apis.config.grid import GridConfig, GridLine, GridNode
@@ -247,6 +247,10 @@ def test_limited_solve_reuses_factorizations_by_active_set() -> None:
 
 
 @settings(max_examples=300, deadline=None)
+# The active-set iteration cycles on this one (found by hypothesis); the relaxation fallback
+# must still find the operating point.
+@example([(0, 1.0, 344.0, -1.0, 0.0), (2, 1.0, 345.0, 0.0, 1.0), (2, 1.0, 347.0, 0.0, 1.0),
+          (2, 2.0, 348.0, 0.0, 1.0), (2, 3.0, 344.0, -1.0, 0.0)])
 @given(
     st.lists(
         st.tuples(
@@ -530,3 +534,22 @@ def test_cc_current_settles_inside_the_checkpoint_window() -> None:
         seen.append(float(world.ig[1]))
     assert seen[1] == pytest.approx(1.0, rel=0.03)
     assert seen[2] == pytest.approx(1.0, rel=0.005)
+
+
+def test_relaxation_finds_the_operating_point_the_active_set_did_not_reach() -> None:
+    """Held to one solve, the active-set iteration cannot move its sources to their bounds;
+    the relaxation fallback finds the same operating point as the unhurried iteration."""
+    grid = GridNetwork(_three_node_grid())
+    nodes = np.array([0, 2, 2, 2], dtype=np.intp)
+    g = np.array([1.0, 2.0, 1.0, 3.0])
+    u = np.array([344.0, 352.0, 347.0, 340.0])
+    lo = np.array([-1.0, 0.0, 0.0, -1.0])
+    hi = np.array([0.0, 1.0, 1.0, 0.0])
+    free = grid.solve_limited(nodes[:1], nodes, g, u, lo, hi, np.zeros(3))
+    hurried = grid.solve_limited(nodes[:1], nodes, g, u, lo, hi, np.zeros(3), max_iterations=1)
+    assert free.converged and free.iterations > 1
+    assert hurried.converged and grid.unconverged_solves == 0
+    assert hurried.iterations == 2  # its one solve, then one from the relaxed states
+    assert np.array_equal(hurried.state, free.state)
+    assert np.allclose(hurried.grid.node_v, free.grid.node_v, atol=1e-9)
+    assert np.allclose(hurried.grid.source_i, free.grid.source_i, atol=1e-9)

@@ -13,9 +13,12 @@ linear; its operating point is found by the active-set iteration: solve with eac
 its present state (linear or at a bound), move every source whose state the solution
 contradicts (a linear one beyond a bound goes to it; one at a bound whose unclipped current
 has come back inside goes back to linear), and repeat until nothing moves. All source
-characteristics are monotone, so this settles in a few solves; a repeated state switches only
-the worst source, and the iterations are bounded. Whatever state it ends in, the currents
-satisfy Kirchhoff's current law exactly, so energy balances even then.
+characteristics are monotone, so this usually settles in a few solves; a repeated state
+switches only the worst source, and the iterations are bounded. Should it still cycle (several
+bounded sources on one node can make it), the node voltages are relaxed to the operating point
+by nonlinear Gauss-Seidel (slow but certain: the network is the gradient of a convex function)
+and the iteration starts again from the states they show. Whatever state it ends in, the
+currents satisfy Kirchhoff's current law exactly, so energy balances even then.
 
 Factorization: the matrix depends on the topology and on which sources are linear (their nodes
 and conductances). LU factors (scipy SuperLU) are cached by that key (a few recent ones), so a
@@ -286,6 +289,58 @@ class GridNetwork:
             state, on, movable, source_nodes, labels, np.zeros(n_src),
             source_g, source_u, source_lo, source_hi,
         )
+        state, node_v, x, iterations, converged = self._active_set(
+            state, live, on, movable, labels, base,
+            source_nodes, source_g, source_u, source_lo, source_hi, max_iterations,
+        )
+        if not converged:
+            # The active-set iteration cycled: relax the node voltages to the operating
+            # point instead, and start it again from the states they show.
+            node_v = self._relaxed_voltages(
+                node_v, live, on, base, source_nodes, source_g, source_u, source_lo, source_hi
+            )
+            x = source_g * (source_u - node_v[source_nodes])
+            tol = LIMIT_TOLERANCE_A
+            state = np.where(
+                movable & (x > source_hi + tol), AT_HIGH,
+                np.where(movable & (x < source_lo - tol), AT_LOW, LINEAR),
+            ).astype(np.int8)
+            state = np.where(on, state, LINEAR).astype(np.int8)
+            state = self._keep_one_linear(
+                state, on, movable, source_nodes, labels, np.zeros(n_src),
+                source_g, source_u, source_lo, source_hi,
+            )
+            state, node_v, x, more, converged = self._active_set(
+                state, live, on, movable, labels, base,
+                source_nodes, source_g, source_u, source_lo, source_hi, max_iterations,
+            )
+            iterations += more
+        if not converged:
+            self.unconverged_solves += 1
+        source_i = np.where(
+            state == LINEAR, x, np.where(state == AT_HIGH, source_hi, source_lo)
+        )
+        source_i = np.where(on, source_i, 0.0)
+        grid = self._solution(node_v, source_i, live, labels)
+        return LimitedSolution(grid, state, iterations, converged)
+
+    def _active_set(
+        self,
+        state: StateArray,
+        live: NDArray[np.bool_],
+        on: NDArray[np.bool_],
+        movable: NDArray[np.bool_],
+        labels: IntArray,
+        base: FloatArray,
+        source_nodes: IntArray,
+        source_g: FloatArray,
+        source_u: FloatArray,
+        source_lo: FloatArray,
+        source_hi: FloatArray,
+        max_iterations: int,
+    ) -> tuple[StateArray, FloatArray, FloatArray, int, bool]:
+        """The active-set iteration from `state`: (state, node voltages, unclipped source
+        currents, solves, converged)."""
         seen: set[bytes] = set()
         iterations = 0
         converged = False
@@ -335,14 +390,60 @@ class GridNetwork:
                 if new_state.tobytes() in seen:
                     break  # no new state to try: give up (still a KCL solution)
             state = new_state
-        if not converged:
-            self.unconverged_solves += 1
-        source_i = np.where(
-            state == LINEAR, x, np.where(state == AT_HIGH, source_hi, source_lo)
-        )
-        source_i = np.where(on, source_i, 0.0)
-        grid = self._solution(node_v, source_i, live, labels)
-        return LimitedSolution(grid, state, iterations, converged)
+        return state, node_v, x, iterations, converged
+
+    def _relaxed_voltages(
+        self,
+        start_v: FloatArray,
+        live: NDArray[np.bool_],
+        on: NDArray[np.bool_],
+        base: FloatArray,
+        source_nodes: IntArray,
+        source_g: FloatArray,
+        source_u: FloatArray,
+        source_lo: FloatArray,
+        source_hi: FloatArray,
+        sweeps: int = 10_000,
+    ) -> FloatArray:
+        """Node voltages of the limited network by nonlinear Gauss-Seidel (the fallback
+        when the active-set iteration cycles).
+
+        Each node's net outflow ``sum(g_line * (v - v_neighbour)) - sum(i_source(v)) - base``
+        is piecewise linear and non-decreasing in its own voltage (every source current
+        ``clip(g * (u - v), lo, hi)`` falls as v rises), so the node's equation is solved
+        exactly between the sources' breakpoints, node after node, until the voltages stop
+        moving. The network is the gradient of a convex function of the voltages, which is
+        why these sweeps converge; they are slower than the active-set iteration, hence
+        only its fallback.
+        """
+        v = np.where(live, start_v, 0.0).astype(np.float64)
+        intact = ~self.broken
+        neighbours: list[list[tuple[int, float]]] = [[] for _ in range(self.n_nodes)]
+        for a, b, r in zip(
+            self.line_from[intact].tolist(), self.line_to[intact].tolist(),
+            self.line_r[intact].tolist(), strict=True,
+        ):
+            neighbours[a].append((b, 1.0 / r))
+            neighbours[b].append((a, 1.0 / r))
+        sources: list[list[tuple[float, float, float, float]]] = [
+            [] for _ in range(self.n_nodes)
+        ]
+        for k in np.flatnonzero(on).tolist():
+            sources[int(source_nodes[k])].append((
+                float(source_g[k]), float(source_u[k]),
+                float(source_lo[k]), float(source_hi[k]),
+            ))
+        nodes = np.flatnonzero(live).tolist()
+        injection = base.tolist()
+        for _ in range(sweeps):
+            moved = 0.0
+            for n in nodes:
+                new = _node_voltage(neighbours[n], sources[n], injection[n], v)
+                moved = max(moved, abs(new - v[n]))
+                v[n] = new
+            if moved < 1e-13 * (1.0 + float(np.abs(v).max())):
+                break
+        return v
 
     @staticmethod
     def _keep_one_linear(
@@ -398,3 +499,40 @@ class GridNetwork:
     def unit_nodes(self, unit_ids: Sequence[str]) -> IntArray:
         """Node index of each unit (a unit's node is named by its unit ID)."""
         return np.array([self.node_of(u) for u in unit_ids], dtype=np.intp)
+
+
+def _node_voltage(
+    neighbours: list[tuple[int, float]],
+    sources: list[tuple[float, float, float, float]],
+    injection: float,
+    v: FloatArray,
+) -> float:
+    """The voltage at which a node's net outflow is zero, its neighbours' voltages fixed.
+
+    Outflow ``f(x) = G * x - pull - sum(clip(g * (u - x), lo, hi)) - injection`` with
+    ``G`` the node's line conductance and ``pull`` what the neighbours drive into it; f is
+    piecewise linear and non-decreasing, with a kink where a source reaches a bound (at
+    ``u - hi / g`` and ``u - lo / g``). Where f has no zero (a node whose sources cannot
+    carry its injection), the end of the flat part nearest to one.
+    """
+    conductance = sum(g for _, g in neighbours)
+    pull = sum(g * float(v[m]) for m, g in neighbours)
+
+    def outflow(x: float) -> float:
+        given = sum(min(max(g * (u - x), lo), hi) for g, u, lo, hi in sources)
+        return conductance * x - pull - given - injection
+
+    kinks = sorted({u - b / g for g, u, lo, hi in sources for b in (lo, hi)})
+    if not kinks:  # a plain junction (live, so it has lines)
+        return (pull + injection) / conductance
+    values = [outflow(x) for x in kinks]
+    for k, value in enumerate(values):
+        if value >= 0.0:
+            if k == 0:  # left of every kink all sources give `hi`: slope G
+                return kinks[0] - value / conductance if conductance > 0 else kinks[0]
+            x0, x1, f0 = kinks[k - 1], kinks[k], values[k - 1]
+            if value == f0:
+                return x0
+            return x0 - f0 * (x1 - x0) / (value - f0)
+    last = values[-1]  # right of every kink all sources take `lo`: slope G
+    return kinks[-1] - last / conductance if conductance > 0 else kinks[-1]

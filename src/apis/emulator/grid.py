@@ -90,6 +90,19 @@ class VoltageSources:
     distinct_nodes: bool  # no two sources share a node
 
 
+@dataclass(frozen=True, slots=True)
+class _Saturating:
+    """The saturating sources of one limited solve, ``i = clip(g * (u - v), lo, hi)``."""
+
+    nodes: IntArray
+    g: FloatArray
+    u: FloatArray
+    lo: FloatArray
+    hi: FloatArray
+    on: NDArray[np.bool_]  # on a live part of the grid
+    movable: NDArray[np.bool_]  # bounds apart (a real range between them)
+
+
 class GridNetwork:
     """Topology of grid.json plus the state of each line (intact or broken)."""
 
@@ -275,44 +288,37 @@ class GridNetwork:
         """
         _, labels = self.components()
         live = self.live_nodes(anchor_nodes)
+        src = _Saturating(
+            source_nodes, source_g, source_u, source_lo, source_hi,
+            on=live[source_nodes],
+            # A source whose bounds coincide gives that current in either bound state.
+            movable=source_hi - source_lo > LIMIT_TOLERANCE_A,
+        )
         n_src = len(source_nodes)
-        on = live[source_nodes]
         if state is None:
             state = np.zeros(n_src, dtype=np.int8)
-        state = np.where(on, state, LINEAR).astype(np.int8)
+        state = np.where(src.on, state, LINEAR).astype(np.int8)
         if max_iterations is None:
             max_iterations = 2 * n_src + 10
         base = np.where(live, injection_a, 0.0)
-        # A source whose bounds coincide gives that current in either bound state.
-        movable = source_hi - source_lo > LIMIT_TOLERANCE_A
-        state = self._keep_one_linear(
-            state, on, movable, source_nodes, labels, np.zeros(n_src),
-            source_g, source_u, source_lo, source_hi,
-        )
+        state = self._keep_one_linear(state, src, labels, np.zeros(n_src))
         state, node_v, x, iterations, converged = self._active_set(
-            state, live, on, movable, labels, base,
-            source_nodes, source_g, source_u, source_lo, source_hi, max_iterations,
+            state, src, live, labels, base, max_iterations
         )
         if not converged:
             # The active-set iteration cycled: relax the node voltages to the operating
             # point instead, and start it again from the states they show.
-            node_v = self._relaxed_voltages(
-                node_v, live, on, base, source_nodes, source_g, source_u, source_lo, source_hi
-            )
+            node_v = self._relaxed_voltages(node_v, src, live, base)
             x = source_g * (source_u - node_v[source_nodes])
             tol = LIMIT_TOLERANCE_A
             state = np.where(
-                movable & (x > source_hi + tol), AT_HIGH,
-                np.where(movable & (x < source_lo - tol), AT_LOW, LINEAR),
-            ).astype(np.int8)
-            state = np.where(on, state, LINEAR).astype(np.int8)
-            state = self._keep_one_linear(
-                state, on, movable, source_nodes, labels, np.zeros(n_src),
-                source_g, source_u, source_lo, source_hi,
+                src.movable & (x > source_hi + tol), AT_HIGH,
+                np.where(src.movable & (x < source_lo - tol), AT_LOW, LINEAR),
             )
+            state = np.where(src.on, state, LINEAR).astype(np.int8)
+            state = self._keep_one_linear(state, src, labels, np.zeros(n_src))
             state, node_v, x, more, converged = self._active_set(
-                state, live, on, movable, labels, base,
-                source_nodes, source_g, source_u, source_lo, source_hi, max_iterations,
+                state, src, live, labels, base, max_iterations
             )
             iterations += more
         if not converged:
@@ -320,27 +326,22 @@ class GridNetwork:
         source_i = np.where(
             state == LINEAR, x, np.where(state == AT_HIGH, source_hi, source_lo)
         )
-        source_i = np.where(on, source_i, 0.0)
+        source_i = np.where(src.on, source_i, 0.0)
         grid = self._solution(node_v, source_i, live, labels)
         return LimitedSolution(grid, state, iterations, converged)
 
     def _active_set(
         self,
         state: StateArray,
+        src: _Saturating,
         live: NDArray[np.bool_],
-        on: NDArray[np.bool_],
-        movable: NDArray[np.bool_],
         labels: IntArray,
         base: FloatArray,
-        source_nodes: IntArray,
-        source_g: FloatArray,
-        source_u: FloatArray,
-        source_lo: FloatArray,
-        source_hi: FloatArray,
         max_iterations: int,
     ) -> tuple[StateArray, FloatArray, FloatArray, int, bool]:
         """The active-set iteration from `state`: (state, node voltages, unclipped source
         currents, solves, converged)."""
+        on, movable, lo, hi = src.on, src.movable, src.lo, src.hi
         seen: set[bytes] = set()
         iterations = 0
         converged = False
@@ -349,18 +350,16 @@ class GridNetwork:
             linear = on & (state == LINEAR)
             bound = on & ~linear
             rhs_full = base.copy()
-            fixed = np.where(state == AT_HIGH, source_hi, source_lo)
-            np.add.at(rhs_full, source_nodes[bound], fixed[bound])
-            np.add.at(rhs_full, source_nodes[linear], source_g[linear] * source_u[linear])
-            node_v = self._node_voltages(
-                live, source_nodes[linear], source_g[linear], rhs_full
-            )
-            x = source_g * (source_u - node_v[source_nodes])  # unclipped current
+            fixed = np.where(state == AT_HIGH, hi, lo)
+            np.add.at(rhs_full, src.nodes[bound], fixed[bound])
+            np.add.at(rhs_full, src.nodes[linear], src.g[linear] * src.u[linear])
+            node_v = self._node_voltages(live, src.nodes[linear], src.g[linear], rhs_full)
+            x = src.g * (src.u - node_v[src.nodes])  # unclipped current
             tol = LIMIT_TOLERANCE_A
             wrong = on & (
-                (linear & ((x > source_hi + tol) | (x < source_lo - tol)))
-                | (movable & (state == AT_HIGH) & (x < source_hi - tol))
-                | (movable & (state == AT_LOW) & (x > source_lo + tol))
+                (linear & ((x > hi + tol) | (x < lo - tol)))
+                | (movable & (state == AT_HIGH) & (x < hi - tol))
+                | (movable & (state == AT_LOW) & (x > lo + tol))
             )
             if not wrong.any():
                 converged = True
@@ -369,24 +368,18 @@ class GridNetwork:
                 break
             # A linear source beyond a bound goes to it; one at a bound whose current has
             # come back goes linear first (straight to the other bound would overshoot).
-            beyond = np.where(x > source_hi, AT_HIGH, np.where(x < source_lo, AT_LOW, LINEAR))
+            beyond = np.where(x > hi, AT_HIGH, np.where(x < lo, AT_LOW, LINEAR))
             proposed = np.where(linear, beyond, LINEAR).astype(np.int8)
-            excess = np.maximum(np.maximum(x - source_hi, source_lo - x), 0.0)
+            excess = np.maximum(np.maximum(x - hi, lo - x), 0.0)
             new_state = np.where(wrong, proposed, state).astype(np.int8)
-            new_state = self._keep_one_linear(
-                new_state, on, movable, source_nodes, labels, excess,
-                source_g, source_u, source_lo, source_hi,
-            )
+            new_state = self._keep_one_linear(new_state, src, labels, excess)
             seen.add(state.tobytes())
             if new_state.tobytes() in seen:
                 # Cycling: move only the source furthest from consistency.
                 worst = int(np.argmax(np.where(wrong, excess + 1.0, 0.0)))
                 new_state = state.copy()
                 new_state[worst] = proposed[worst]
-                new_state = self._keep_one_linear(
-                    new_state, on, movable, source_nodes, labels, excess,
-                    source_g, source_u, source_lo, source_hi,
-                )
+                new_state = self._keep_one_linear(new_state, src, labels, excess)
                 if new_state.tobytes() in seen:
                     break  # no new state to try: give up (still a KCL solution)
             state = new_state
@@ -395,14 +388,9 @@ class GridNetwork:
     def _relaxed_voltages(
         self,
         start_v: FloatArray,
+        src: _Saturating,
         live: NDArray[np.bool_],
-        on: NDArray[np.bool_],
         base: FloatArray,
-        source_nodes: IntArray,
-        source_g: FloatArray,
-        source_u: FloatArray,
-        source_lo: FloatArray,
-        source_hi: FloatArray,
         sweeps: int = 10_000,
     ) -> FloatArray:
         """Node voltages of the limited network by nonlinear Gauss-Seidel (the fallback
@@ -428,11 +416,10 @@ class GridNetwork:
         sources: list[list[tuple[float, float, float, float]]] = [
             [] for _ in range(self.n_nodes)
         ]
-        for k in np.flatnonzero(on).tolist():
-            sources[int(source_nodes[k])].append((
-                float(source_g[k]), float(source_u[k]),
-                float(source_lo[k]), float(source_hi[k]),
-            ))
+        for k in np.flatnonzero(src.on).tolist():
+            sources[int(src.nodes[k])].append(
+                (float(src.g[k]), float(src.u[k]), float(src.lo[k]), float(src.hi[k]))
+            )
         nodes = np.flatnonzero(live).tolist()
         injection = base.tolist()
         for _ in range(sweeps):
@@ -447,16 +434,7 @@ class GridNetwork:
 
     @staticmethod
     def _keep_one_linear(
-        state: StateArray,
-        on: NDArray[np.bool_],
-        movable: NDArray[np.bool_],
-        source_nodes: IntArray,
-        labels: IntArray,
-        excess: FloatArray,
-        source_g: FloatArray,
-        source_u: FloatArray,
-        source_lo: FloatArray,
-        source_hi: FloatArray,
+        state: StateArray, src: _Saturating, labels: IntArray, excess: FloatArray
     ) -> StateArray:
         """Every live part keeps one linear source, else its matrix is singular.
 
@@ -468,7 +446,8 @@ class GridNetwork:
         Sources with a real range are preferred: one whose bounds coincide would pin the
         voltage while carrying no current.
         """
-        component = labels[source_nodes]
+        on = src.on
+        component = labels[src.nodes]
         linear = on & (state == LINEAR)
         count = int(labels.max()) + 1 if len(labels) else 0
         has_linear = np.zeros(count, dtype=bool)
@@ -477,19 +456,19 @@ class GridNetwork:
         if not lacking.any():
             return state
         state = state.copy()
-        fixed = np.where(state == AT_HIGH, source_hi, source_lo)
+        fixed = np.where(state == AT_HIGH, src.hi, src.lo)
         for part in np.unique(component[lacking]):
             members = np.flatnonzero(on & (component == part))
-            if movable[members].any():
-                members = members[movable[members]]
+            if src.movable[members].any():
+                members = members[src.movable[members]]
             surplus = float(fixed[members].sum())
             high = members[state[members] == AT_HIGH]
             low = members[state[members] == AT_LOW]
             if surplus > LIMIT_TOLERANCE_A and len(high):
-                unlock = source_u[high] - source_hi[high] / source_g[high]
+                unlock = src.u[high] - src.hi[high] / src.g[high]
                 chosen = int(high[int(np.argmin(unlock))])
             elif surplus < -LIMIT_TOLERANCE_A and len(low):
-                unlock = source_u[low] - source_lo[low] / source_g[low]
+                unlock = src.u[low] - src.lo[low] / src.g[low]
                 chosen = int(low[int(np.argmax(unlock))])
             else:
                 chosen = int(members[int(np.argmin(excess[members]))])

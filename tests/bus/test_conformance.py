@@ -241,7 +241,10 @@ async def test_kv_value_is_not_aliased(network: Network) -> None:
     value["units"].append("E002")
     entry = await kv.get("k")
     assert entry is not None and entry.value == {"units": ["E001"]}
-    entry.value["units"].append("E003")
+    try:
+        entry.value["units"].append("E003")  # NATS: the reader's own copy
+    except TypeError:
+        pass  # in memory: a read-only value shared by the readers
     again = await kv.get("k")
     assert again is not None and again.value == {"units": ["E001"]}
 

@@ -20,7 +20,14 @@ from apis.bus.base import (
     RemoteFailure,
     RequestTimeout,
 )
-from apis.bus.memory import MemoryBus, MemoryHub, _message, copy_json
+from apis.bus.memory import (
+    MemoryBus,
+    MemoryHub,
+    ReadOnlyDict,
+    ReadOnlyList,
+    _message,
+    copy_json,
+)
 
 HOUR = 3600.0
 
@@ -540,3 +547,50 @@ async def test_kv_values_must_be_json_and_are_copied() -> None:
     entry = await kv.get("k")
     assert entry is not None and entry.value == {"units": ["E001"], "pair": [1, 2]}
     await bus.close()
+
+
+async def test_kv_values_are_read_only_and_shared_by_their_readers() -> None:
+    hub = MemoryHub()
+    a, b = hub.connect("E001"), hub.connect("E002")
+    kv_a, kv_b = await a.kv("deals"), await b.kv("deals")
+    changes = kv_b.watch()
+    await kv_a.put("d1", {"dealId": "d1", "units": ["E001", "E002"], "reset": [{"x": 1}]})
+    first, second = await kv_a.get("d1"), await kv_b.get("d1")
+    assert first is not None and second is not None
+    assert first.value is second.value  # one stored copy, no copy per read
+    value = first.value
+    assert isinstance(value, ReadOnlyDict) and isinstance(value["units"], ReadOnlyList)
+    assert isinstance(value, dict) and isinstance(value["units"], list)  # as JSON readers expect
+    for mutate in (
+        lambda: value.__setitem__("dealId", "x"),
+        lambda: value.update(x=1),
+        lambda: value.pop("dealId"),
+        lambda: value.setdefault("y", 2),
+        lambda: value["units"].append("E003"),
+        lambda: value["units"].sort(),
+        lambda: value["reset"][0].clear(),
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    watched = await anext(changes)
+    assert watched.entry is not None and watched.entry.value is value
+    # A copy is a plain, mutable one; sending a stored value copies it the same way.
+    plain = copy_json(value)
+    assert type(plain) is dict and type(plain["units"]) is list and plain == value
+    plain["units"].append("E003")
+    got: list[Any] = []
+
+    async def on_message(msg: Any) -> None:
+        got.append(msg.payload)
+
+    await b.subscribe("apis.x", on_message)
+    await a.publish("apis.x", {"deal": value})
+    await asyncio.sleep(0)
+    assert type(got[0]["deal"]) is dict and type(got[0]["deal"]["units"]) is list
+    # Writing a read-only value back (an edited copy or the same) stores a new copy.
+    await kv_a.put("d2", value)
+    d2 = await kv_a.get("d2")
+    assert d2 is not None and d2.value == value and d2.value is not value
+    await changes.aclose()
+    await a.close()
+    await b.close()

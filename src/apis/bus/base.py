@@ -59,6 +59,9 @@ class Subscription(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """A key-value entry. Its value is a snapshot to read, not to edit: the in-memory bus
+    shares one read-only copy among all readers (copy it to change it)."""
+
     key: str
     value: JSON
     revision: int

@@ -17,9 +17,14 @@ Semantics, chosen to match the NATS implementation:
   subscription order, so a run is reproducible for a given sequence of calls.
 - A request goes where a published message would go; the first reply wins (as in NATS). With
   nobody subscribed: `NoHandlers`. A handler that raises gives the requester `RemoteFailure`.
-- Payloads are copied on delivery (a receiver may mutate what it gets) and must be JSON values;
-  key-value values are copied on the way in and on the way out. (A recursive copy: on the
-  units' payloads it is faster than a JSON round trip, even one serialisation per publish.)
+- Payloads are copied on delivery (a receiver may mutate what it gets) and must be JSON values.
+  (A recursive copy: on the units' payloads it is faster than a JSON round trip, even one
+  serialisation per publish.) Key-value values are copied once on the way in, into read-only
+  dicts and lists (`ReadOnlyDict`, `ReadOnlyList`: subclasses of dict and list whose mutators
+  raise TypeError), which every `get` and watcher then shares: an entry's value is a snapshot
+  to read, never to edit (copy it first). On NATS every reader decodes its own copy; here a
+  mutation fails loudly instead of corrupting the store of every endpoint. (Every unit reads
+  the deals each few seconds: copying them on each read was a sixth of a simulation's work.)
 - Faults: ``bus.disconnect()`` cuts one endpoint off (its messages are dropped, its requests
   and key-value operations time out, its watchers miss changes and catch up on
   ``bus.reconnect()``); ``hub.partition(["E001", "E002"], ...)`` splits the network into
@@ -95,15 +100,15 @@ def copy_json(value: JSON) -> JSON:
     payloads than a JSON, marshal or pickle round trip.
     """
     kind = type(value)
-    if kind is dict:
-        copied = value.copy()
+    if kind is dict or kind is ReadOnlyDict:
+        copied = dict(value)
         for key, item in value.items():
             if type(key) is not str:
                 return _copy_via_json(value)
             if type(item) not in _SCALAR_TYPES:
                 copied[key] = copy_json(item)
         return copied
-    if kind is list or kind is tuple:
+    if kind is list or kind is tuple or kind is ReadOnlyList:
         items = list(value)
         for i, item in enumerate(items):
             if type(item) not in _SCALAR_TYPES:
@@ -120,6 +125,51 @@ def _copy_via_json(value: JSON) -> JSON:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"payload {value!r:.200} is not a JSON value: {exc}") from None
+
+
+class ReadOnlyDict(dict[str, Any]):
+    """A dict of a stored key-value entry: shared by its readers, so not to be changed."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> Any:
+        raise TypeError("a key-value entry's value is read-only (shared by its readers): copy it")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+
+class ReadOnlyList(list[Any]):
+    """A list of a stored key-value entry: shared by its readers, so not to be changed."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> Any:
+        raise TypeError("a key-value entry's value is read-only (shared by its readers): copy it")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+
+def read_only_json(value: JSON) -> JSON:
+    """A deep copy of a JSON value made of `ReadOnlyDict` and `ReadOnlyList` (what a stored
+    key-value entry holds); TypeError if it is not a JSON value (as `copy_json`)."""
+    kind = type(value)
+    if kind is dict or kind is ReadOnlyDict:
+        items = []
+        for key, item in value.items():
+            if type(key) is not str:
+                return read_only_json(_copy_via_json(value))
+            items.append((key, item if type(item) in _SCALAR_TYPES else read_only_json(item)))
+        return ReadOnlyDict(items)
+    if kind is list or kind is tuple or kind is ReadOnlyList:
+        return ReadOnlyList(
+            item if type(item) in _SCALAR_TYPES else read_only_json(item)
+            for item in value
+        )
+    if kind in _SCALAR_TYPES:
+        return value
+    return read_only_json(_copy_via_json(value))
 
 
 def check_subject(subject: str) -> None:
@@ -194,7 +244,7 @@ class _Inbox:
 
 @dataclass(slots=True)
 class _Slot:
-    value: JSON  # the stored copy; None when deleted
+    value: JSON  # the stored read-only copy (`read_only_json`); None when deleted
     revision: int
     live: bool
     timer: asyncio.TimerHandle | None = None
@@ -286,18 +336,12 @@ class _Bucket:
             watchers = self.value_watchers  # gone_only watchers are not even looked at
             if not watchers:
                 return
-            # Frozen Change and Entry around an immutable value: one for all watchers.
-            shared = (
-                Change(key, Entry(key, value, revision)) if type(value) in _SCALAR_TYPES else None
-            )
+            # Frozen Change and Entry around a read-only value: one for all watchers.
+            shared = Change(key, Entry(key, value, revision))
         for watcher in watchers:
             if watcher.bus.kv_reachable and key.startswith(watcher.prefix):
                 watcher.last_revision = revision
-                watcher.push(
-                    shared
-                    if shared is not None
-                    else Change(key, Entry(key, copy_json(value), revision))
-                )
+                watcher.push(shared)
 
     def add_watcher(self, watcher: _Watcher) -> None:
         self.watchers.append(watcher)
@@ -329,7 +373,7 @@ class _Bucket:
             for revision, key in missed:
                 slot = self.slots[key]
                 if slot.live:
-                    watcher.push(Change(key, Entry(key, copy_json(slot.value), revision)))
+                    watcher.push(Change(key, Entry(key, slot.value, revision)))
                 elif not initial:
                     watcher.push(Change(key, None))
         watcher.last_revision = self.revision
@@ -698,7 +742,7 @@ class MemoryKeyValue:
         slot = self._bucket.live(key)
         if slot is None:
             return None
-        return Entry(key, copy_json(slot.value), slot.revision)
+        return Entry(key, slot.value, slot.revision)
 
     async def create(self, key: str, value: JSON) -> int:
         if not self._reachable(key):
@@ -707,7 +751,7 @@ class MemoryKeyValue:
             raise ValueError(f"value for {key!r} is None (None marks a deleted key)")
         if self._bucket.live(key) is not None:
             raise KeyExists(f"key {key!r} exists in bucket {self._bucket.name}")
-        return self._bucket.write(key, copy_json(value))
+        return self._bucket.write(key, read_only_json(value))
 
     async def update(self, key: str, value: JSON, revision: int) -> int:
         if not self._reachable(key):
@@ -721,14 +765,14 @@ class MemoryKeyValue:
                 f"key {key!r} in bucket {self._bucket.name}: revision {revision} given, "
                 f"latest is {latest}"
             )
-        return self._bucket.write(key, copy_json(value))
+        return self._bucket.write(key, read_only_json(value))
 
     async def put(self, key: str, value: JSON) -> int:
         if not self._reachable(key):
             await self._bus._unreachable(self._bucket.name)
         if value is None:
             raise ValueError(f"value for {key!r} is None (None marks a deleted key)")
-        return self._bucket.write(key, copy_json(value))
+        return self._bucket.write(key, read_only_json(value))
 
     async def delete(self, key: str, revision: int | None = None) -> None:
         if not self._reachable(key):

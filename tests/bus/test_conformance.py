@@ -403,6 +403,25 @@ async def test_receivers_do_not_share_a_payload(network: Network) -> None:
     assert payload == {"deal": {"amounts": [1, 2]}, "pair": (3, 4)}
 
 
+async def test_handed_over_payload_arrives_whole_and_fanout_is_not_shared(
+    network: Network,
+) -> None:
+    a = await network.connect("E001")
+    b = await network.connect("E002")
+    alone, shared = unique("apis.handover.one"), unique("apis.handover.fanout")
+    on_alone, on_a, on_b = Inbox(), Inbox(), Inbox()
+    await b.subscribe(alone, on_alone)
+    await a.subscribe(shared, on_a)
+    await b.subscribe(shared, on_b)
+    await a.publish(alone, {"unit": {"rsoc": 55.5, "ids": ["d1"]}}, handover=True)
+    assert (await on_alone.next()).payload == {"unit": {"rsoc": 55.5, "ids": ["d1"]}}
+    await a.publish(shared, {"deal": {"amounts": [1, 2]}}, {"k": "v"}, handover=True)
+    first, second = await on_a.next(), await on_b.next()
+    first.payload["deal"]["amounts"].append(99)
+    assert second.payload == {"deal": {"amounts": [1, 2]}}
+    assert second.headers.get("k") == "v"
+
+
 async def gone_only_ready(kv: Any, changes: Any, key: str = "sync") -> list[Change]:
     """Create and delete `key` until `changes` reports a delete of it.
 

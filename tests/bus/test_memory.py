@@ -316,6 +316,34 @@ async def test_reply_by_hand_to_reply_subject() -> None:
     await bus.close()
 
 
+async def test_handed_over_payload_reaches_the_only_subscriber_uncopied() -> None:
+    hub = MemoryHub()
+    a, b = hub.connect("E001"), hub.connect("E002")
+    got: list[Any] = []
+
+    async def keep(message: Message) -> Any:
+        got.append(message.payload)
+        return None
+
+    await b.subscribe("apis.GridMaster.collection.1", keep)
+    payload = {"oesunit": {"id": "E001"}, "deal_id_list": []}
+    await a.publish("apis.GridMaster.collection.1", payload, handover=True)
+    await a.publish("apis.GridMaster.collection.1", payload)  # not handed over: a copy
+    await asyncio.sleep(0)
+    assert got[0] is payload
+    assert got[1] == payload and got[1] is not payload
+
+    async def forward(message: Message) -> Any:
+        assert message.reply is not None
+        await b.publish(message.reply, payload, handover=True)  # a reply sent by hand
+        return None
+
+    await b.subscribe("apis.forward", forward)
+    assert await a.request("apis.forward") is payload
+    await a.close()
+    await b.close()
+
+
 async def test_payload_must_be_json() -> None:
     bus = MemoryBus()
 

@@ -113,8 +113,22 @@ class KeyValue(Protocol):
 
 class Bus(Protocol):
     async def publish(
-        self, subject: str, payload: JSON = None, headers: Mapping[str, str] | None = None
-    ) -> None: ...
+        self,
+        subject: str,
+        payload: JSON = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        handover: bool = False,
+    ) -> None:
+        """Send to every subscriber (none is fine).
+
+        With `handover` the caller gives the payload away: a JSON value it built itself (plain
+        dicts with string keys, lists, str, int, float, bool, None, no tuples and nothing
+        shared with anything it keeps) that it will never read or change again. A bus may
+        then hand it to a receiver as it is, without a copy (the in-memory bus does when the
+        subject has a single subscriber; over NATS it is encoded as always).
+        """
+        ...
 
     async def subscribe(
         self, subject: str, handler: Handler, queue: str | None = None

@@ -19,7 +19,9 @@ Semantics, chosen to match the NATS implementation:
   nobody subscribed: `NoHandlers`. A handler that raises gives the requester `RemoteFailure`.
 - Payloads are copied on delivery (a receiver may mutate what it gets) and must be JSON values.
   (A recursive copy: on the units' payloads it is faster than a JSON round trip, even one
-  serialisation per publish.) Key-value values are copied once on the way in, into read-only
+  serialisation per publish.) A payload published with ``handover=True`` (the sender built
+  it and lets go of it) goes to a subject's only subscriber uncopied and unchecked; to
+  several, each gets a copy. Key-value values are copied once on the way in, into read-only
   dicts and lists (`ReadOnlyDict`, `ReadOnlyList`: subclasses of dict and list whose mutators
   raise TypeError), which every `get` and watcher then shares: an entry's value is a snapshot
   to read, never to edit (copy it first). On NATS every reader decodes its own copy; here a
@@ -472,17 +474,20 @@ class MemoryHub:
         payload: JSON,
         headers: Mapping[str, str] | None,
         reply: str | None,
+        handover: bool = False,
     ) -> int:
         """Deliver to every reachable plain subscriber and one member per queue group.
 
         Returns how many got it, or -1 when nobody subscribes at all (a subscriber cut off
-        from the sender still counts as interest, as a NATS server would see it).
+        from the sender still counts as interest, as a NATS server would see it). A payload
+        handed over goes uncopied to a subject's only subscriber.
         """
         subs = self._match(subject)
         if not subs:
             return -1
         if not sender._connected:
             return 0
+        owned = handover and len(subs) == 1
         zone = sender._zone
         groups: dict[str, list[_Subscription]] | None = None
         delivered = 0
@@ -491,7 +496,7 @@ class MemoryHub:
             if not receiver._connected or receiver._zone != zone:
                 continue
             if sub.queue is None:
-                receiver._deliver(sub, subject, payload, headers, reply)
+                receiver._deliver(sub, subject, payload, headers, reply, owned)
                 delivered += 1
             else:
                 if groups is None:
@@ -502,12 +507,19 @@ class MemoryHub:
                 turn = self._round_robin.get((subject, queue, zone), 0)
                 self._round_robin[(subject, queue, zone)] = turn + 1
                 sub = members[turn % len(members)]
-                sub.bus._deliver(sub, subject, payload, headers, reply)
+                sub.bus._deliver(sub, subject, payload, headers, reply, owned)
                 delivered += 1
         self.delivered += delivered
         return delivered
 
-    def _answer(self, responder: MemoryBus, inbox: str, payload: JSON, failure: str | None) -> None:
+    def _answer(
+        self,
+        responder: MemoryBus,
+        inbox: str,
+        payload: JSON,
+        failure: str | None,
+        handover: bool = False,
+    ) -> None:
         pending = self._inboxes.get(inbox)
         if pending is None or pending.future.done():
             return  # timed out, answered already or the requester is gone
@@ -520,7 +532,7 @@ class MemoryHub:
             pending.future.set_exception(RemoteFailure(failure))
         else:
             pending.future.set_result(
-                payload if type(payload) in _SCALAR_TYPES else copy_json(payload)
+                payload if handover or type(payload) in _SCALAR_TYPES else copy_json(payload)
             )
 
     def _bucket(self, name: str, ttl: float | None) -> _Bucket:
@@ -586,14 +598,19 @@ class MemoryBus:
             raise BusError(f"bus {self.name} is closed")
 
     async def publish(
-        self, subject: str, payload: JSON = None, headers: Mapping[str, str] | None = None
+        self,
+        subject: str,
+        payload: JSON = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        handover: bool = False,
     ) -> None:
         if self._closed:
             self._check_open()
         if subject.startswith(INBOX_PREFIX):
-            self.hub._answer(self, subject, payload, None)  # a reply sent by hand
+            self.hub._answer(self, subject, payload, None, handover)  # a reply sent by hand
             return
-        self.hub._route(self, subject, payload, headers, None)
+        self.hub._route(self, subject, payload, headers, None, handover)
 
     async def subscribe(
         self, subject: str, handler: Handler, queue: str | None = None
@@ -622,8 +639,9 @@ class MemoryBus:
         payload: JSON,
         headers: Mapping[str, str] | None,
         reply: str | None,
+        owned: bool = False,
     ) -> None:
-        if type(payload) not in _SCALAR_TYPES:
+        if not owned and type(payload) not in _SCALAR_TYPES:
             payload = copy_json(payload)
         message = _message(subject, payload, dict(headers) if headers else {}, reply)
         task = asyncio.get_running_loop().create_task(self._handle(sub, message))

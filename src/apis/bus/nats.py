@@ -264,7 +264,12 @@ class NatsBus:
     # -- messages ---------------------------------------------------------------------------
 
     async def publish(
-        self, subject: str, payload: JSON = None, headers: Mapping[str, str] | None = None
+        self,
+        subject: str,
+        payload: JSON = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        handover: bool = False,  # encoded anyway: nothing is shared over the wire
     ) -> None:
         self._check_open()
         data = encode(payload)

@@ -244,7 +244,7 @@ class Controller:
         if reply is None or not self.state.in_operation:
             return None
         data = await self.unit_data(urgent=msg.headers.get(subjects.URGENT) == "true")
-        await self.bus.publish(reply, data, {subjects.UNIT_ID: self.unit_id})
+        await self.bus.publish(reply, data, {subjects.UNIT_ID: self.unit_id}, handover=True)
         return None
 
     async def _on_control(self, msg: Message) -> Any:

@@ -122,6 +122,7 @@ class Unit:
         self._read_scenario = files.scenario
         self._read_policy = canonical(files.policy)
         self._file_stamps: list[tuple[int, int]] = []
+        self._stamped_paths: tuple[tuple[Any, ...], tuple[str, ...]] = ((), ())
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -432,8 +433,11 @@ class Unit:
         """Whether any of the three files changed (size or modification time) since the
         last look: only then are they parsed again."""
         files = self.files
+        paths = (files.hw_config_path, files.scenario_path, files.policy_path)
+        if self._stamped_paths[0] != paths:  # as strings: os.stat of a Path converts it
+            self._stamped_paths = (paths, tuple(os.fspath(p) for p in paths))
         stamps = []
-        for path in (files.hw_config_path, files.scenario_path, files.policy_path):
+        for path in self._stamped_paths[1]:
             try:
                 st = os.stat(path)
                 stamps.append((st.st_mtime_ns, st.st_size))

@@ -94,6 +94,27 @@ def test_unit_data_json_matches_its_definition(tmp_path: Path) -> None:
     assert got["oesunit"]["sn"] == "SN-2" and got["oesunit"]["budo"] == "0"
 
 
+def test_converter_json_matches_its_definition() -> None:
+    for mode in ConverterMode:
+        for name in ("", "Charge (CC)"):
+            status = ConverterStatus(mode, "0000 0001 0000", "Light alarm", "charge", name)
+            got = status.to_json()
+            expected = {
+                "status": f"0x{mode.value:04x}",
+                "alarmState": "Light alarm",
+                "statusName": name or mode.operation_mode,
+                "alarm": "0000 0001 0000",
+                "runningState": "charge",
+                "operationMode": mode.operation_mode,
+            }
+            assert got == expected and list(got) == list(expected)
+    optional = ("ogv", "ugv", "cib", "obv", "ubv")
+    for mask in range(2 ** len(optional)):
+        values = {k: 100.0 + i for i, k in enumerate(optional) if mask >> i & 1}
+        got = CurrentSetting(2.5, **values).to_json()
+        assert got == {"dig": 2.5, **values} and list(got) == ["dig", *values]
+
+
 @pytest.mark.parametrize(
     ("code", "mode"),
     [("0x0014", ConverterMode.VOLTAGE_REFERENCE), (" 0x0041 ", ConverterMode.CHARGE),

@@ -49,14 +49,20 @@ class ConverterStatus:
         return self.mode.operation_mode
 
     def to_json(self) -> dict[str, Any]:
+        code, operation_mode = _MODE_TEXTS[self.mode]
         return {
-            "status": self.mode.code,
+            "status": code,
             "alarmState": self.alarm_state,
-            "statusName": self.status_name or self.mode.operation_mode,
+            "statusName": self.status_name or operation_mode,
             "alarm": self.alarm,
             "runningState": self.running_state,
-            "operationMode": self.mode.operation_mode,
+            "operationMode": operation_mode,
         }
+
+
+# mode -> (`code`, `operation_mode`): every unit writes its status at every acquisition, and
+# the code is formatted anew at each `ConverterMode.code`
+_MODE_TEXTS = {mode: (mode.code, mode.operation_mode) for mode in ConverterMode}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +108,17 @@ class CurrentSetting:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dig": self.dig}
-        for key in ("ogv", "ugv", "cib", "obv", "ubv"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
+        # the optional values, in this order, when set (written out: at every acquisition)
+        if self.ogv is not None:
+            out["ogv"] = self.ogv
+        if self.ugv is not None:
+            out["ugv"] = self.ugv
+        if self.cib is not None:
+            out["cib"] = self.cib
+        if self.obv is not None:
+            out["obv"] = self.obv
+        if self.ubv is not None:
+            out["ubv"] = self.ubv
         return out
 
 

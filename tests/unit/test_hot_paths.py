@@ -115,6 +115,50 @@ def test_converter_json_matches_its_definition() -> None:
         assert got == {"dig": 2.5, **values} and list(got) == ["dig", *values]
 
 
+def test_unit_data_json_follows_each_configuration_object(tmp_path: Path) -> None:
+    files = write_config(tmp_path, ["E001"]).units[0]
+    config, hw, policy = files.config, files.hw_config, files.policy
+
+    def reply(**changed: Any) -> dict[str, Any]:
+        objects = {"config": config, "hw": hw, "policy": policy, **changed}
+        return unit_data_json(
+            _data(), objects["config"], objects["hw"], objects["policy"], deal_ids=[],
+            is_grid_master=False, global_mode="autonomous", local_mode=None,
+            effective_mode="autonomous",
+        )
+
+    assert reply()["apis"]["deal_interlock_capacity"] == deal_interlock_capacity(hw, policy)
+    big = hw.model_copy(update={"grid_current_capacity_a": 100.0})
+    assert reply(hw=big)["apis"]["deal_interlock_capacity"] == deal_interlock_capacity(
+        big, policy
+    ) != deal_interlock_capacity(hw, policy)
+    deal = policy.mediator.deal.model_copy(update={"grid_current_a": 0.5})
+    small = policy.model_copy(
+        update={"mediator": policy.mediator.model_copy(update={"deal": deal})}
+    )
+    assert reply(policy=small)["apis"]["deal_interlock_capacity"] == deal_interlock_capacity(
+        hw, small
+    ) != deal_interlock_capacity(hw, policy)
+    renamed = config.model_copy(update={"unit_name": "renamed"})
+    assert reply(config=renamed)["oesunit"]["display"] == "renamed"
+    assert reply()["oesunit"]["display"] == config.display_name
+
+
+def test_unit_data_timestamp_follows_each_time() -> None:
+    config, hw, policy = _configs()
+    # equal naive times (fold is ignored by ==) yet, in a zone with a repeated hour, two
+    # instants: the timestamp of each time object is its own
+    times = [datetime(2020, 1, 1, 8, 0, 0, 250000), datetime(2020, 1, 1, 8, 0, 0, 250000),
+             datetime(2020, 1, 1, 8, 0, 0, 250000, fold=1), datetime(2020, 1, 1, 8, 0, 5)]
+    for time in times + times[::-1]:
+        data = dataclasses.replace(_data(), time=time)
+        got = unit_data_json(
+            data, config, hw, policy, deal_ids=[], is_grid_master=False,
+            global_mode="autonomous", local_mode=None, effective_mode="autonomous",
+        )
+        assert got["timestamp"] == time.timestamp() and got["time"] == data.apis_time
+
+
 @pytest.mark.parametrize(
     ("code", "mode"),
     [("0x0014", ConverterMode.VOLTAGE_REFERENCE), (" 0x0041 ", ConverterMode.CHARGE),

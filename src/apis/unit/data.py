@@ -10,6 +10,7 @@ full resolution (`time` has one-second resolution), used for exact energy integr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from apis.config.hwconfig import HwConfig
@@ -39,37 +40,93 @@ def unit_data_json(
     local_mode: str | None,
     effective_mode: str,
 ) -> dict[str, Any]:
+    parts = _config_parts(config, hw, policy)
     apis: dict[str, Any] = {
         "version": APIS_VERSION,
         "remaining_capacity_wh": remaining_capacity_wh(
             hw.battery_nominal_capacity_wh, data.battery.rsoc
         ),
-        "deal_interlock_capacity": deal_interlock_capacity(hw, policy),
+        "deal_interlock_capacity": parts.deal_interlock_capacity,
         "operation_mode": {"global": global_mode, "local": local_mode, "effective": effective_mode},
     }
     if deal_ids:
         apis["deal_id_list"] = list(deal_ids)
     if is_grid_master:
         apis["is_grid_master"] = True
+    # a copy of the template: the caller may edit what it gets (its values are strings)
+    oesunit = (parts.oesunit_autonomous if effective_mode == "autonomous" else parts.oesunit).copy()
     return {
         "apis": apis,
-        "oesunit": {
+        "oesunit": oesunit,
+        "battery": data.battery.to_json(),
+        "dcdc": data.dcdc.to_json(),
+        "time": data.apis_time,
+        "timestamp": _timestamp(data.time),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _ConfigParts:
+    """What a unit's data takes from its configuration alone, for one (config, hw, policy)."""
+
+    config: UnitConfig
+    hw: HwConfig
+    policy: Policy
+    deal_interlock_capacity: int
+    oesunit: dict[str, str]  # templates, copied for each reply: "budo" "0" and "1"
+    oesunit_autonomous: dict[str, str]
+
+    @classmethod
+    def of(cls, config: UnitConfig, hw: HwConfig, policy: Policy) -> _ConfigParts:
+        oesunit = {
             "communityId": config.community_id,
             "clusterId": config.cluster_id,
             "id": config.unit_id,
             "display": config.display_name,
             "sn": config.serial_number,
-            "budo": "1" if effective_mode == "autonomous" else "0",
+            "budo": "0",
             "ip": "NA",
             "ipv6_ll": "NA",
             "ipv6_g": "NA",
             "mac": "NA",
-        },
-        "battery": data.battery.to_json(),
-        "dcdc": data.dcdc.to_json(),
-        "time": data.apis_time,
-        "timestamp": data.time.timestamp(),
-    }
+        }
+        return cls(
+            config, hw, policy, deal_interlock_capacity(hw, policy),
+            oesunit, {**oesunit, "budo": "1"},  # same key order
+        )
+
+
+# (id(config), id(hw), id(policy)) -> their parts. Every unit builds its data at every
+# acquisition from configuration objects that change only when a file is reloaded (a new
+# object: they are frozen). An entry holds its objects, so their ids are not reused while it
+# is kept; each reload adds one, hence the bound.
+_PARTS: dict[tuple[int, int, int], _ConfigParts] = {}
+_PARTS_KEPT = 256
+
+
+def _config_parts(config: UnitConfig, hw: HwConfig, policy: Policy) -> _ConfigParts:
+    key = (id(config), id(hw), id(policy))
+    parts = _PARTS.get(key)
+    if parts is None:
+        if len(_PARTS) >= _PARTS_KEPT:
+            _PARTS.clear()
+        parts = _PARTS[key] = _ConfigParts.of(config, hw, policy)
+    return parts
+
+
+# The last acquisition time converted and its timestamp: the units of a world read the same
+# time object (one per world time), and `timestamp` of a naive time converts local time.
+# Kept by identity, not equality: equal naive times may differ in `fold`, and so in timestamp.
+_last_timestamp: tuple[datetime | None, float] = (None, 0.0)
+
+
+def _timestamp(time: datetime) -> float:
+    global _last_timestamp
+    last, timestamp = _last_timestamp
+    if last is not time:
+        timestamp = time.timestamp()
+        _last_timestamp = (time, timestamp)
+    return timestamp
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,20 +95,40 @@ def always_checks(data: UnitData) -> list[Finding]:
 def static_checks(data: UnitData, hw: HwConfig) -> list[Finding]:
     out = []
     meter = data.dcdc.meter
-    ranges = hw.meter_ranges
-    for name in METERS:
-        value = float(getattr(meter, name))
-        r = getattr(ranges, name)
-        if not r.min <= value <= r.max:
+    values = (meter.tmp, meter.vg, meter.vb, meter.ig, meter.ib)  # as METERS
+    for (name, low, high), value in zip(_meter_bounds(hw), values, strict=True):
+        value = float(value)
+        if not low <= value <= high:
             out.append(
                 Finding(
                     f"range.{name}",
                     "HARDWARE",
-                    f"dcdc.meter.{name} = {value:g} (safety range {r.min:g}..{r.max:g})",
+                    f"dcdc.meter.{name} = {value:g} (safety range {low:g}..{high:g})",
                     False,
                 )
             )
     return out
+
+
+# id(hwConfig) -> (the hwConfig, its (name, min, max) of each of METERS): every unit checks
+# every acquisition against a hwConfig that changes only when its file is reloaded (a new
+# object: it is frozen). An entry holds its hwConfig, so the id is not reused while it is
+# kept; each reload adds one, hence the bound.
+_BOUNDS: dict[int, tuple[HwConfig, tuple[tuple[str, float, float], ...]]] = {}
+_BOUNDS_KEPT = 256
+
+
+def _meter_bounds(hw: HwConfig) -> tuple[tuple[str, float, float], ...]:
+    kept = _BOUNDS.get(id(hw))
+    if kept is None:
+        if len(_BOUNDS) >= _BOUNDS_KEPT:
+            _BOUNDS.clear()
+        ranges = hw.meter_ranges
+        bounds = tuple(
+            (name, getattr(ranges, name).min, getattr(ranges, name).max) for name in METERS
+        )
+        kept = _BOUNDS[id(hw)] = (hw, bounds)
+    return kept[1]
 
 
 def _direction_mode(deal: Deal, unit_id: str) -> ConverterMode:

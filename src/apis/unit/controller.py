@@ -287,6 +287,8 @@ class Controller:
         if reply is None or not self.state.in_operation:
             return None
         data = await self.unit_data(urgent=msg.headers.get(subjects.URGENT) == "true")
+        # `unit_data` builds a new JSON value each time (nothing in it is kept here): the bus
+        # may give it to the Grid Master's collection as it is
         await self.bus.publish(reply, data, {subjects.UNIT_ID: self.unit_id}, handover=True)
         return None
 

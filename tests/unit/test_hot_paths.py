@@ -297,3 +297,33 @@ def test_block_at_follows_time_and_scenario(tmp_path: Path) -> None:
     empty = dataclasses.replace(files.scenario, windows=())
     user.scenario = empty
     assert user._block_at(at) is None
+
+
+def _containers(value: Any) -> list[Any]:
+    """Every dict and list inside a JSON value (itself included)."""
+    if isinstance(value, dict):
+        return [value, *(c for v in value.values() for c in _containers(v))]
+    if isinstance(value, list):
+        return [value, *(c for v in value for c in _containers(v))]
+    return []
+
+
+def test_unit_data_json_shares_nothing_between_calls(tmp_path: Path) -> None:
+    # The Controller hands each reply to the Grid Master's collection over to the bus
+    # (delivered uncopied): no dict or list of one reply may be part of another, or of what
+    # the caller passed in.
+    files = write_config(tmp_path, ["E001"]).units[0]
+    data, deal_ids = _data(), ["d1"]
+    replies = [
+        unit_data_json(
+            data, files.config, files.hw_config, files.policy, deal_ids=deal_ids,
+            is_grid_master=False, global_mode="autonomous", local_mode=None,
+            effective_mode=effective,
+        )
+        for effective in ("autonomous", "autonomous", "stop")
+    ]
+    seen = [id(deal_ids)]
+    for reply in replies:
+        ids = [id(c) for c in _containers(reply)]
+        assert not set(ids) & set(seen)
+        seen += ids

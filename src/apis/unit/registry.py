@@ -188,7 +188,9 @@ class Registry:
 
     def _stored(self, deal_id: str, entry: Entry) -> StoredDeal:
         parsed = self._parsed.get(deal_id)
-        if parsed is None or parsed[0] != entry.value:
+        # On the in-memory bus an unchanged entry gives the very value read before (a shared
+        # read-only snapshot): the identity test spares the deep compare of the whole deal.
+        if parsed is None or (parsed[0] is not entry.value and parsed[0] != entry.value):
             parsed = (entry.value, Deal.from_json(entry.value))
             self._parsed[deal_id] = parsed
         return StoredDeal(parsed[1].copy(), entry.revision)  # the caller may edit its deal

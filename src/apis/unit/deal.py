@@ -245,6 +245,10 @@ class Deal:
         # the generated __init__ would do, without its per-field defaults machinery).
         fields: dict[str, Any] = {}
         for key, value in data.items():
+            name = _SCALAR_FIELD_NAME.get(key)
+            if name is not None and type(value) in _PLAIN:
+                fields[name] = value  # most fields: a string or a number, taken as it is
+                continue
             name = _FIELD_NAME.get(key)
             if name is None or value is None:
                 continue  # unknown keys from newer peers are ignored
@@ -290,14 +294,16 @@ def _copy_json(value: Any) -> Any:
 _JSON_NAME = {f.name: to_camel(f.name) for f in dataclasses.fields(Deal)}
 _FIELD_NAME = {v: k for k, v in _JSON_NAME.items()}
 _JSON_NAMES = tuple(_JSON_NAME.items())  # (field, JSON key) in declaration order
-_PLAIN = frozenset((str, int, float, bool))  # values written as they are
+_PLAIN = frozenset((str, int, float, bool))  # values written (and read) as they are
+_LIST_FIELDS = frozenset(("reset", "abort", "need_to_stop_reasons"))
+# JSON key -> field, of the fields whose plain value from_json takes as it is
+_SCALAR_FIELD_NAME = {k: n for k, n in _FIELD_NAME.items() if n not in _LIST_FIELDS}
 _REQUIRED = [
     f.name
     for f in dataclasses.fields(Deal)
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 ]
 _REQUIRED_SET = frozenset(_REQUIRED)
-_LIST_FIELDS = frozenset(("reset", "abort", "need_to_stop_reasons"))
 _DEFAULTS = {  # required fields are always given: None here is only their place
     f.name: None if f.default is dataclasses.MISSING else f.default
     for f in dataclasses.fields(Deal)

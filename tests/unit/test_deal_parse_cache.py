@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 from pydantic.alias_generators import to_camel
 
+from apis.bus.memory import MemoryHub, read_only_json
+from apis.unit import registry as registry_module
 from apis.unit.deal import Deal, TimedReason
+from apis.unit.registry import Registry
 
 
 def _plain_from_json(data: dict[str, Any]) -> Deal:
@@ -78,3 +81,59 @@ def test_from_json_still_names_a_missing_field() -> None:
     del data["dealAmountWh"]
     with pytest.raises(ValueError, match="dealAmountWh"):
         Deal.from_json(data)
+
+
+def _deal(deal_id: str, amount: float = 300.0) -> Deal:
+    return Deal("E001", "n-" + deal_id, "E001", "E002", "charge", "E001", "E002", 1.0, amount,
+                deal_id=deal_id)
+
+
+async def test_registries_share_the_parse_of_one_stored_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parses: list[str] = []
+    real = Deal.__dict__["from_json"].__func__
+
+    def counted(cls: type[Deal], data: dict[str, Any]) -> Deal:
+        parses.append(data["dealId"])
+        return real(cls, data)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Deal, "from_json", classmethod(counted))
+    hub = MemoryHub()
+    gm, e001, e002 = [await Registry.open(hub.connect(u)) for u in ("GM", "E001", "E002")]
+    await gm.create_deal(_deal("d1"))
+    read = [await gm.deal("d1"), *[(await r.deals_involving(u))[0] for r, u in
+                                   ((e001, "E001"), (e002, "E002"))]]
+    assert parses == ["d1"]  # one stored value, parsed once for the three
+    assert all(s is not None and s.deal == _deal("d1") for s in read)
+    assert len({id(s.deal) for s in read if s is not None}) == 3  # each its own copy
+
+    # a reader's edit reaches nobody else
+    first = read[0]
+    assert first is not None
+    first.deal.cumulate_amount_wh = 99.0
+    first.deal.need_to_stop_reasons.append("x")
+    again = await e001.deal("d1")
+    assert again is not None and again.deal == _deal("d1")
+
+    # a new version is parsed again, once, and every reader sees it
+    first.deal.need_to_stop_reasons = []
+    await gm.update_deal(first.deal, first.revision)
+    parses.clear()
+    seen = [(await r.deals_involving(u))[0].deal for r, u in ((e001, "E001"), (e002, "E002"))]
+    assert parses == ["d1"]
+    assert all(d.cumulate_amount_wh == 99.0 for d in seen)
+
+
+def test_shared_parses_are_bounded_and_hold_their_values() -> None:
+    registry_module._SHARED_PARSES.clear()
+    values = [read_only_json(_deal(f"d{i}", amount=i).to_json())
+              for i in range(registry_module._SHARED_PARSES_MAX + 10)]
+    for value in values:
+        assert registry_module._parse(value) == Deal.from_json(value)
+    assert len(registry_module._SHARED_PARSES) == registry_module._SHARED_PARSES_MAX
+    assert all(v is registry_module._SHARED_PARSES[id(v)][0] for v in values[10:])
+    plain = _deal("p").to_json()  # a value that may change (e.g. decoded from NATS)
+    parsed = registry_module._parse(plain)
+    plain["dealAmountWh"] = 5.0
+    assert registry_module._parse(plain).deal_amount_wh == 5.0 != parsed.deal_amount_wh

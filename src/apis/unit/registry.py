@@ -23,9 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from apis.bus.base import JSON, Bus, BusError, Entry, KeyExists, KeyValue, RevisionMismatch
+from apis.bus.memory import ReadOnlyDict
 from apis.unit.deal import Deal
 
 log = logging.getLogger(__name__)
+
+# Stored deal values parsed, shared by every Registry of the process: on the in-memory bus
+# the Grid Master and both units of a deal read the very same stored value (a read-only
+# snapshot), which is then parsed once between them instead of once each. Keyed by the
+# value's id and holding the value itself, so the id cannot pass to another object; the
+# parsed deals are never handed out (callers get copies). The oldest go first.
+_SHARED_PARSES: dict[int, tuple[ReadOnlyDict, Deal]] = {}
+_SHARED_PARSES_MAX = 256
 
 STATE_BUCKET = "apis_state"
 GRID_MASTER_BUCKET = "apis_grid_master"
@@ -191,7 +200,7 @@ class Registry:
         # On the in-memory bus an unchanged entry gives the very value read before (a shared
         # read-only snapshot): the identity test spares the deep compare of the whole deal.
         if parsed is None or (parsed[0] is not entry.value and parsed[0] != entry.value):
-            parsed = (entry.value, Deal.from_json(entry.value))
+            parsed = (entry.value, _parse(entry.value))
             self._parsed[deal_id] = parsed
         return StoredDeal(parsed[1].copy(), entry.revision)  # the caller may edit its deal
 
@@ -279,3 +288,18 @@ class Registry:
 
     async def clear_need_to_stop(self, deal_id: str) -> None:
         await self.need_to_stop.delete(deal_id)
+
+
+def _parse(value: JSON) -> Deal:
+    """`Deal.from_json(value)`, shared with the other registries when `value` is a stored
+    read-only snapshot (it cannot change, so its parse cannot go stale)."""
+    if type(value) is not ReadOnlyDict:
+        return Deal.from_json(value)
+    shared = _SHARED_PARSES.get(id(value))
+    if shared is not None and shared[0] is value:
+        return shared[1]
+    deal = Deal.from_json(value)
+    if len(_SHARED_PARSES) >= _SHARED_PARSES_MAX:
+        del _SHARED_PARSES[next(iter(_SHARED_PARSES))]
+    _SHARED_PARSES[id(value)] = (value, deal)
+    return deal

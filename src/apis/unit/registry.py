@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,7 +204,7 @@ class Registry:
             self._parsed[deal_id] = parsed
         return StoredDeal(parsed[1].copy(), entry.revision)  # the caller may edit its deal
 
-    def _forget_all_but(self, keys: list[str]) -> None:
+    def _forget_all_but(self, keys: Collection[str]) -> None:
         if len(self._parsed) > len(keys):
             for gone in self._parsed.keys() - set(keys):
                 del self._parsed[gone]
@@ -226,13 +226,14 @@ class Registry:
         bucket made anew, everything is read again)."""
         revisions = await self.deals.revisions()
         foreign = self._foreign
+        highest = max(revisions.values()) if revisions else None
         if self._foreign_of != unit_id or (
-            revisions and max(revisions.values()) < self._highest_revision
+            highest is not None and highest < self._highest_revision
         ):
             foreign.clear()
             self._foreign_of = unit_id
-        if revisions:
-            self._highest_revision = max(revisions.values())
+        if highest is not None:
+            self._highest_revision = highest
         out = []
         for key, revision in revisions.items():
             if foreign.get(key) == revision:
@@ -254,7 +255,7 @@ class Registry:
         if len(foreign) > len(revisions):
             for gone in foreign.keys() - revisions.keys():
                 del foreign[gone]
-        self._forget_all_but(list(revisions))
+        self._forget_all_but(revisions)
         return out
 
     async def update_deal(self, deal: Deal, revision: int) -> int:

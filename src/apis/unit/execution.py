@@ -84,7 +84,7 @@ class DealExecution:
         registry: Registry,
         link: UnitLink,
         dispose: Callable[[str], Awaitable[Any]],
-        publish_log: Callable[[Deal], Awaitable[None]],
+        publish_log: Callable[[dict[str, Any]], Awaitable[None]],  # a deal's JSON
         raise_global: Callable[[GlobalError], None],
         large_capacity: Callable[[str], bool] | None = None,
         global_mode: Callable[[], str] | None = None,
@@ -273,16 +273,20 @@ class DealExecution:
             raise DealFailure(f"TEST FEATURE : {name}")
 
     async def _save(self, deal: Deal) -> None:
+        # one JSON form for the registry and the deal log (each copies what it is given)
+        value = deal.to_json()
         revision = self.revisions.get(deal.deal_id)
         try:
             if revision is None:
                 raise RevisionMismatch(deal.deal_id)
-            self.revisions[deal.deal_id] = await self.registry.update_deal(deal, revision)
+            self.revisions[deal.deal_id] = await self.registry.update_deal_json(
+                deal.deal_id, value, revision
+            )
         except RevisionMismatch:
             raise GlobalError(
                 "LOGIC", "ERROR", f"deal {deal.deal_id} changed by somebody else"
             ) from None
-        await self._publish_log(deal)
+        await self._publish_log(value)
 
     async def _reload(self, deal: Deal) -> Deal:
         stored = await self.registry.deal(deal.deal_id)

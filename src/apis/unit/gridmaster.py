@@ -310,8 +310,8 @@ class GridMaster:
                 return unit_id
         return None
 
-    async def _publish_log(self, deal: Deal) -> None:
-        await self.bus.publish(subjects.MEDIATOR_DEAL_LOG, deal.to_json())
+    async def _publish_log(self, deal_json: dict[str, Any]) -> None:
+        await self.bus.publish(subjects.MEDIATOR_DEAL_LOG, deal_json)
 
     # ---- global error handling (section 11.3) --------------------------------------------
 

@@ -261,7 +261,11 @@ class Registry:
 
     async def update_deal(self, deal: Deal, revision: int) -> int:
         """Compare-and-set; RevisionMismatch if somebody changed the deal meanwhile."""
-        return await self.deals.update(deal.deal_id, deal.to_json(), revision)
+        return await self.update_deal_json(deal.deal_id, deal.to_json(), revision)
+
+    async def update_deal_json(self, deal_id: str, value: JSON, revision: int) -> int:
+        """`update_deal` with the deal's JSON form (``deal.to_json()``) already made."""
+        return await self.deals.update(deal_id, value, revision)
 
     async def remove_deal(self, deal_id: str) -> None:
         await self.deals.delete(deal_id)

@@ -20,7 +20,8 @@ community also runs with sharing off (same seed) for the comparison.
 Sweeps: --sweep param=v1,v2,... runs every case (outputs in out/cases/) and writes
 sweep.csv, sweep.md and sweep.png. Parameters: units, seed, days, battery (Wh per unit),
 battery.scale (factor), hwConfig.<key path>, or a policy.json key path such as
-mediator.deal.gridCurrentA.
+mediator.deal.gridCurrentA. The cases run in parallel processes (--jobs, default one
+per usable CPU); the outputs are the same as one after another (wall-clock figures aside).
 """
 
 
@@ -90,14 +91,20 @@ def register(app: typer.Typer) -> None:
         start: Annotated[
             datetime | None, typer.Option(help="Calendar start (default 2020-01-01).")
         ] = None,
+        jobs: Annotated[
+            int | None,
+            typer.Option("--jobs", "-j", help="Sweep cases run at once (default: one per "
+                         "usable CPU; 1: one after another in this process)."),
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     ) -> None:
         from apis.config.errors import ConfigError
         from apis.sim.community import DEFAULT_START, SimError, SimSettings, parse_sweep
         from apis.sim.simulate import simulate
-        from apis.sim.sweep import run_sweep
+        from apis.sim.sweep import check_jobs, run_sweep
 
         try:
+            check_jobs(jobs)
             settings = SimSettings(
                 config_dir=config, units=units, days=days, seed=seed,
                 start=start or DEFAULT_START, sharing=not no_sharing,
@@ -105,7 +112,9 @@ def register(app: typer.Typer) -> None:
             parsed = parse_sweep(sweep) if sweep else None
             with _ProgressBar(settings.start, enabled=not quiet) as bar:
                 if parsed is not None:
-                    _cases, files = run_sweep(settings, parsed[0], parsed[1], out, bar)
+                    _cases, files = run_sweep(
+                        settings, parsed[0], parsed[1], out, bar, jobs=jobs
+                    )
                 else:
                     outcome = simulate(settings, out, bar)
         except (SimError, ConfigError) as error:

@@ -2,18 +2,34 @@
 
 Each case gets its own full output folder (`cases/<param>=<value>/`); the comparison is one
 table (`sweep.csv`, `sweep.md`) and one plot (`sweep.png`).
+
+Cases run in parallel worker processes (`jobs`, default one per usable CPU), one fresh
+process per case from a forkserver (spawn where there is none; never fork: the parent may
+hold threads, e.g. rich's progress refresher). Every case is deterministic, so the files
+are the same as in a serial sweep (run-info.json aside: wall time and peak memory) and the
+table keeps the order of the values given.
 """
 
 from __future__ import annotations
 
 import csv
+import multiprocessing
+import os
+import queue
 import re
-from dataclasses import dataclass
+import shutil
+import signal
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from apis.sim.community import SimSettings
-from apis.sim.simulate import PhaseProgress, SimOutcome, simulate
+from apis.config.errors import ConfigError
+from apis.sim.community import SimError, SimSettings
+from apis.sim.simulate import PhaseProgress, simulate
 
 COLUMNS = (
     ("value", "value"),
@@ -36,11 +52,15 @@ COLUMNS = (
 
 @dataclass
 class SweepCase:
+    """One case's outcome: what the comparison needs (not the run's samples and deals)."""
+
     value: str
-    outcome: SimOutcome
+    summary: dict[str, Any]
+    run_info: dict[str, Any]  # wall-clock figures
+    files: list[Path] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
-        s = self.outcome.summary
+        s = self.summary
         com, deals, losses = s["community"], s["deals"], s["losses"]
         comparison = s.get("comparison", {})
         without = comparison.get("self_sufficiency_without_sharing", com["self_sufficiency"])
@@ -63,6 +83,10 @@ class SweepCase:
         }
 
 
+class SweepCaseError(RuntimeError):
+    """A case failed unexpectedly in its worker process (the worker's traceback is a note)."""
+
+
 def case_folder(parameter: str, value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]", "_", f"{parameter}={value}")
 
@@ -71,27 +95,195 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_jobs(jobs: int | None) -> None:
+    if jobs is not None and jobs < 1:
+        raise SimError(f"--jobs = {jobs} (must be >= 1)")
+
+
+@dataclass(frozen=True)
+class _Case:
+    index: int
+    value: str
+    label: str  # param=value
+    settings: SimSettings
+    folder: Path
+
+
 def run_sweep(
     settings: SimSettings,
     parameter: str,
     values: list[str],
     out: Path,
     progress: PhaseProgress | None = None,
+    jobs: int | None = None,
 ) -> tuple[list[SweepCase], list[Path]]:
-    """Every case (full outputs in out/cases/...), then the comparison table and plot."""
+    """Every case (full outputs in out/cases/...), then the comparison table and plot.
+
+    `jobs`: worker processes (None: one per usable CPU; at most one per case); 1 runs the
+    cases one after another in this process."""
+    check_jobs(jobs)
     # Check every case's settings before spending time on the first run.
-    case_settings = [settings.with_override(parameter, v) for v in values]
-    cases = []
-    for value, case in zip(values, case_settings, strict=True):
-        label = f"{parameter}={value}"
+    cases = [
+        _Case(i, value, f"{parameter}={value}", settings.with_override(parameter, value),
+              out / "cases" / case_folder(parameter, value))
+        for i, value in enumerate(values)
+    ]
+    workers = min(jobs if jobs is not None else usable_cpus(), len(cases))
+    if workers <= 1:
+        done = [_run_here(case, progress) for case in cases]
+    else:
+        done = _run_in_workers(cases, workers, progress)
+    return done, write_comparison(out, parameter, done)
 
-        def told(phase: str, done: float, total: float, label: str = label) -> None:
-            if progress is not None:
-                progress(f"{label} {phase}", done, total)
 
-        outcome = simulate(case, out / "cases" / case_folder(parameter, value), told)
-        cases.append(SweepCase(value, outcome))
-    return cases, write_comparison(out, parameter, cases)
+def _run_here(case: _Case, progress: PhaseProgress | None) -> SweepCase:
+    def told(phase: str, done: float, total: float) -> None:
+        if progress is not None:
+            progress(f"{case.label} {phase}", done, total)
+
+    try:
+        outcome = simulate(case.settings, case.folder, told)
+    except (SimError, ConfigError) as error:
+        raise SimError(f"sweep case {case.label}: {error}") from error
+    except Exception as error:
+        error.add_note(f"in sweep case {case.label}")
+        raise
+    return SweepCase(case.value, outcome.summary, outcome.run_info, outcome.files)
+
+
+def _context() -> BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        # The forkserver imports the simulation (with the unit software and the plotting
+        # it loads on first use) once; each case forks from it ready to run.
+        ctx.set_forkserver_preload(["apis.sim.simulate", "apis.unit.cluster", "matplotlib.pyplot"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _run_in_workers(
+    cases: list[_Case], workers: int, progress: PhaseProgress | None
+) -> list[SweepCase]:
+    """Each case in its own process, `workers` at a time; the outcomes in the cases' order.
+
+    A failing case stops the sweep: the other workers are terminated and its error raised
+    (with the case's label); so are they on any interruption (Ctrl-C)."""
+    ctx = _context()
+    messages: Any = ctx.Queue()
+    scratch = tempfile.mkdtemp(prefix="apis-sweep-")
+    waiting = list(cases)
+    running: dict[int, BaseProcess] = {}
+    exited: set[int] = set()  # running cases whose process was gone at the last look
+    done: dict[int, SweepCase] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                case = waiting.pop(0)
+                worker = ctx.Process(  # type: ignore[attr-defined]
+                    target=_worker,
+                    args=(case, case.folder.absolute(), scratch, messages, progress is not None),
+                    name=f"apis sim {case.label}",
+                    daemon=True,
+                )
+                worker.start()
+                running[case.index] = worker
+            try:
+                message = messages.get(timeout=0.5)
+            except queue.Empty:
+                _check_exits(cases, running, exited)
+                continue
+            kind, index, *rest = message
+            case = cases[index]
+            if kind == "progress" and progress is not None:
+                phase, so_far, total = rest
+                progress(f"{case.label} {phase}", so_far, total)
+            elif kind == "done":
+                summary, run_info, files = rest
+                absolute = case.folder.absolute()
+                files = [case.folder / Path(f).relative_to(absolute) for f in files]
+                done[index] = SweepCase(case.value, summary, run_info, files)
+                running.pop(index).join()
+            elif kind == "failed":
+                running.pop(index).join()
+                raise _case_error(case, *rest)
+    finally:
+        _stop(list(running.values()))
+        messages.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return [done[case.index] for case in cases]
+
+
+def _check_exits(cases: list[_Case], running: dict[int, BaseProcess], exited: set[int]) -> None:
+    """A worker gone without a word (killed): its last messages are in the queue before
+    it exits, so one that stays silent for a whole further wait has died."""
+    for index, worker in running.items():
+        if worker.exitcode is None:
+            continue
+        if index in exited:
+            raise SweepCaseError(
+                f"sweep case {cases[index].label}: its worker process ended without a "
+                f"result (exit code {worker.exitcode})"
+            )
+        exited.add(index)
+
+
+def _case_error(case: _Case, expected: bool, message: str, worker_traceback: str) -> Exception:
+    if expected:  # a setting or configuration the case cannot run with
+        return SimError(f"sweep case {case.label}: {message}")
+    error = SweepCaseError(f"sweep case {case.label}: {message}")
+    error.add_note(f"in the worker process:\n{worker_traceback}")
+    return error
+
+
+def _stop(workers: list[BaseProcess]) -> None:
+    """Terminate the workers still running and wait for them (kill those that linger)."""
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(timeout=10)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+def _worker(
+    case: _Case, folder: Path, scratch: str, messages: Any, report_progress: bool
+) -> None:
+    """One case in a worker process; tells progress, then the outcome or the error."""
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The community's temporary files go into the sweep's scratch folder, which the parent
+    # removes: a worker terminated in the middle of a run leaves nothing behind.
+    tempfile.tempdir = scratch
+    seen: set[str] = set()
+
+    def told(phase: str, done: float, total: float) -> None:
+        # What the progress bar shows (cli._ProgressBar: the first report of a phase, each
+        # simulated 10 minutes, the end): the rest would only load the queue.
+        if phase in seen and done < total and int(done) % 600:
+            return
+        seen.add(phase)
+        messages.put(("progress", case.index, phase, done, total))
+
+    try:
+        outcome = simulate(case.settings, folder, told if report_progress else None)
+    except (SimError, ConfigError) as error:
+        messages.put(("failed", case.index, True, str(error), ""))
+    except Exception as error:
+        messages.put((
+            "failed", case.index, False, f"{type(error).__name__}: {error}",
+            traceback.format_exc(),
+        ))
+    else:
+        messages.put(("done", case.index, outcome.summary, outcome.run_info, outcome.files))
 
 
 def write_comparison(out: Path, parameter: str, cases: list[SweepCase]) -> list[Path]:

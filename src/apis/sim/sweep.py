@@ -22,6 +22,7 @@ import signal
 import tempfile
 import traceback
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -178,6 +179,8 @@ def _run_in_workers(
     ctx = _context()
     messages: Any = ctx.Queue()
     scratch = tempfile.mkdtemp(prefix="apis-sweep-")
+    # Never written: the workers see its end of file when this process has gone.
+    lifeline, lifeline_held = ctx.Pipe(duplex=False)
     waiting = list(cases)
     running: dict[int, BaseProcess] = {}
     exited: set[int] = set()  # running cases whose process was gone at the last look
@@ -188,7 +191,8 @@ def _run_in_workers(
                 case = waiting.pop(0)
                 worker = ctx.Process(  # type: ignore[attr-defined]
                     target=_worker,
-                    args=(case, case.folder.absolute(), scratch, messages, progress is not None),
+                    args=(case, case.folder.absolute(), scratch, messages, progress is not None,
+                          lifeline),
                     name=f"apis sim {case.label}",
                     daemon=True,
                 )
@@ -216,6 +220,8 @@ def _run_in_workers(
     finally:
         _stop(list(running.values()))
         messages.close()
+        lifeline.close()
+        lifeline_held.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return [done[case.index] for case in cases]
 
@@ -255,7 +261,12 @@ def _stop(workers: list[BaseProcess]) -> None:
 
 
 def _worker(
-    case: _Case, folder: Path, scratch: str, messages: Any, report_progress: bool
+    case: _Case,
+    folder: Path,
+    scratch: str,
+    messages: Any,
+    report_progress: bool,
+    lifeline: Connection,
 ) -> None:
     """One case in a worker process; tells progress, then the outcome or the error."""
     # Ctrl-C reaches the whole process group: the parent stops the workers itself.
@@ -270,11 +281,16 @@ def _worker(
         # simulated 10 minutes, the end): the rest would only load the queue.
         if phase in seen and done < total and int(done) % 600:
             return
+        if lifeline.poll():
+            # End of file: the sweep's process died without stopping this one (killed).
+            # Nothing else tells: the forkserver, this process's parent, lives on with it.
+            os._exit(1)
         seen.add(phase)
-        messages.put(("progress", case.index, phase, done, total))
+        if report_progress:
+            messages.put(("progress", case.index, phase, done, total))
 
     try:
-        outcome = simulate(case.settings, folder, told if report_progress else None)
+        outcome = simulate(case.settings, folder, told)
     except (SimError, ConfigError) as error:
         messages.put(("failed", case.index, True, str(error), ""))
     except Exception as error:

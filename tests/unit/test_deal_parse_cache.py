@@ -99,6 +99,7 @@ async def test_registries_share_the_parse_of_one_stored_value(
         return real(cls, data)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(Deal, "from_json", classmethod(counted))
+    monkeypatch.setattr(registry_module._shared_parses, "compute", Deal.from_json)
     hub = MemoryHub()
     gm, e001, e002 = [await Registry.open(hub.connect(u)) for u in ("GM", "E001", "E002")]
     await gm.create_deal(_deal("d1"))
@@ -126,13 +127,15 @@ async def test_registries_share_the_parse_of_one_stored_value(
 
 
 def test_shared_parses_are_bounded_and_hold_their_values() -> None:
-    registry_module._SHARED_PARSES.clear()
+    shared = registry_module._shared_parses
+    shared.clear()
     values = [read_only_json(_deal(f"d{i}", amount=i).to_json())
-              for i in range(registry_module._SHARED_PARSES_MAX + 10)]
+              for i in range(shared.kept + 10)]
     for value in values:
         assert registry_module._parse(value) == Deal.from_json(value)
-    assert len(registry_module._SHARED_PARSES) == registry_module._SHARED_PARSES_MAX
-    assert all(v is registry_module._SHARED_PARSES[id(v)][0] for v in values[10:])
+    assert len(shared) == shared.kept
+    assert all(shared.holds(v) for v in values[10:])
+    assert not any(shared.holds(v) for v in values[:10])  # the oldest went first
     plain = _deal("p").to_json()  # a value that may change (e.g. decoded from NATS)
     parsed = registry_module._parse(plain)
     plain["dealAmountWh"] = 5.0

@@ -18,6 +18,7 @@ from apis.config.policy import Policy
 from apis.config.unitconfig import UnitConfig
 from apis.hardware.driver import UnitData
 from apis.hardware.modes import ConverterMode
+from apis.unit.memo import IdentityMemo
 from apis.unit.user import remaining_capacity_wh
 
 APIS_VERSION = "3.0.0"
@@ -40,7 +41,7 @@ def unit_data_json(
     local_mode: str | None,
     effective_mode: str,
 ) -> dict[str, Any]:
-    parts = _config_parts(config, hw, policy)
+    parts = _config_parts.get(config, hw, policy)
     apis: dict[str, Any] = {
         "version": APIS_VERSION,
         "remaining_capacity_wh": remaining_capacity_wh(
@@ -96,22 +97,9 @@ class _ConfigParts:
         )
 
 
-# (id(config), id(hw), id(policy)) -> their parts. Every unit builds its data at every
-# acquisition from configuration objects that change only when a file is reloaded (a new
-# object: they are frozen). An entry holds its objects, so their ids are not reused while it
-# is kept; each reload adds one, hence the bound.
-_PARTS: dict[tuple[int, int, int], _ConfigParts] = {}
-_PARTS_KEPT = 256
-
-
-def _config_parts(config: UnitConfig, hw: HwConfig, policy: Policy) -> _ConfigParts:
-    key = (id(config), id(hw), id(policy))
-    parts = _PARTS.get(key)
-    if parts is None:
-        if len(_PARTS) >= _PARTS_KEPT:
-            _PARTS.clear()
-        parts = _PARTS[key] = _ConfigParts.of(config, hw, policy)
-    return parts
+# Every unit builds its data at every acquisition from configuration objects that change only
+# when a file is reloaded (then a new object: they are frozen).
+_config_parts: IdentityMemo[_ConfigParts] = IdentityMemo(_ConfigParts.of)
 
 
 # The last acquisition time converted and its timestamp: the units of a world read the same

@@ -25,16 +25,15 @@ from typing import Any, NamedTuple
 from apis.bus.base import JSON, Bus, BusError, Entry, KeyExists, KeyValue, RevisionMismatch
 from apis.bus.memory import ReadOnlyDict
 from apis.unit.deal import Deal
+from apis.unit.memo import IdentityMemo
 
 log = logging.getLogger(__name__)
 
 # Stored deal values parsed, shared by every Registry of the process: on the in-memory bus
 # the Grid Master and both units of a deal read the very same stored value (a read-only
-# snapshot), which is then parsed once between them instead of once each. Keyed by the
-# value's id and holding the value itself, so the id cannot pass to another object; the
-# parsed deals are never handed out (callers get copies). The oldest go first.
-_SHARED_PARSES: dict[int, tuple[ReadOnlyDict, Deal]] = {}
-_SHARED_PARSES_MAX = 256
+# snapshot), which is then parsed once between them instead of once each. The parsed deals
+# are never handed out (callers get copies).
+_shared_parses: IdentityMemo[Deal] = IdentityMemo(Deal.from_json)
 
 STATE_BUCKET = "apis_state"
 GRID_MASTER_BUCKET = "apis_grid_master"
@@ -301,11 +300,4 @@ def _parse(value: JSON) -> Deal:
     read-only snapshot (it cannot change, so its parse cannot go stale)."""
     if type(value) is not ReadOnlyDict:
         return Deal.from_json(value)
-    shared = _SHARED_PARSES.get(id(value))
-    if shared is not None and shared[0] is value:
-        return shared[1]
-    deal = Deal.from_json(value)
-    if len(_SHARED_PARSES) >= _SHARED_PARSES_MAX:
-        del _SHARED_PARSES[next(iter(_SHARED_PARSES))]
-    _SHARED_PARSES[id(value)] = (value, deal)
-    return deal
+    return _shared_parses.get(value)

@@ -33,6 +33,7 @@ from apis.hardware.driver import UnitData
 from apis.hardware.modes import ConverterMode
 from apis.unit.data import UnitSnapshot
 from apis.unit.deal import Deal
+from apis.unit.memo import IdentityMemo
 
 METERS = ("tmp", "vg", "vb", "ig", "ib")
 
@@ -96,7 +97,7 @@ def static_checks(data: UnitData, hw: HwConfig) -> list[Finding]:
     out = []
     meter = data.dcdc.meter
     values = (meter.tmp, meter.vg, meter.vb, meter.ig, meter.ib)  # as METERS
-    for (name, low, high), value in zip(_meter_bounds(hw), values, strict=True):
+    for (name, low, high), value in zip(_meter_bounds.get(hw), values, strict=True):
         value = float(value)
         if not low <= value <= high:
             out.append(
@@ -110,25 +111,15 @@ def static_checks(data: UnitData, hw: HwConfig) -> list[Finding]:
     return out
 
 
-# id(hwConfig) -> (the hwConfig, its (name, min, max) of each of METERS): every unit checks
-# every acquisition against a hwConfig that changes only when its file is reloaded (a new
-# object: it is frozen). An entry holds its hwConfig, so the id is not reused while it is
-# kept; each reload adds one, hence the bound.
-_BOUNDS: dict[int, tuple[HwConfig, tuple[tuple[str, float, float], ...]]] = {}
-_BOUNDS_KEPT = 256
+def _bounds_of(hw: HwConfig) -> tuple[tuple[str, float, float], ...]:
+    """(name, min, max) of each of METERS."""
+    ranges = hw.meter_ranges
+    return tuple((name, getattr(ranges, name).min, getattr(ranges, name).max) for name in METERS)
 
 
-def _meter_bounds(hw: HwConfig) -> tuple[tuple[str, float, float], ...]:
-    kept = _BOUNDS.get(id(hw))
-    if kept is None:
-        if len(_BOUNDS) >= _BOUNDS_KEPT:
-            _BOUNDS.clear()
-        ranges = hw.meter_ranges
-        bounds = tuple(
-            (name, getattr(ranges, name).min, getattr(ranges, name).max) for name in METERS
-        )
-        kept = _BOUNDS[id(hw)] = (hw, bounds)
-    return kept[1]
+# Every unit checks every acquisition against a hwConfig that changes only when its file is
+# reloaded (then a new object: it is frozen).
+_meter_bounds: IdentityMemo[tuple[tuple[str, float, float], ...]] = IdentityMemo(_bounds_of)
 
 
 def _direction_mode(deal: Deal, unit_id: str) -> ConverterMode:

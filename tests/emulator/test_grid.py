@@ -246,25 +246,7 @@ def test_limited_solve_reuses_factorizations_by_active_set() -> None:
     assert grid.factorizations == limited  # both cached
 
 
-@settings(max_examples=300, deadline=None)
-# The active-set iteration cycles on this one (found by hypothesis); the relaxation fallback
-# must still find the operating point.
-@example([(0, 1.0, 344.0, -1.0, 0.0), (2, 1.0, 345.0, 0.0, 1.0), (2, 1.0, 347.0, 0.0, 1.0),
-          (2, 2.0, 348.0, 0.0, 1.0), (2, 3.0, 344.0, -1.0, 0.0)])
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from([0, 2]),
-            st.floats(0.5, 200.0),
-            st.floats(280.0, 390.0),
-            st.floats(-5.0, 0.0),
-            st.floats(0.0, 5.0),
-        ),
-        min_size=1,
-        max_size=6,
-    )
-)
-def test_limited_solve_is_a_consistent_operating_point(
+def _check_consistent_operating_point(
     sources: list[tuple[int, float, float, float, float]],
 ) -> None:
     grid = GridNetwork(_three_node_grid())
@@ -288,6 +270,58 @@ def test_limited_solve_is_a_consistent_operating_point(
     # Kirchhoff: what the sources give is the line loss.
     given_w = float(i @ sol.node_v[nodes])
     assert given_w == pytest.approx(float(sol.line_loss_w.sum()), abs=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+# The active-set iteration cycles on this one (found by hypothesis); the relaxation fallback
+# must still find the operating point.
+@example([(0, 1.0, 344.0, -1.0, 0.0), (2, 1.0, 345.0, 0.0, 1.0), (2, 1.0, 347.0, 0.0, 1.0),
+          (2, 2.0, 348.0, 0.0, 1.0), (2, 3.0, 344.0, -1.0, 0.0)])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 2]),
+            st.floats(0.5, 200.0),
+            st.floats(280.0, 390.0),
+            st.floats(-5.0, 0.0),
+            st.floats(0.0, 5.0),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_limited_solve_is_a_consistent_operating_point(
+    sources: list[tuple[int, float, float, float, float]],
+) -> None:
+    _check_consistent_operating_point(sources)
+
+
+# Bounds of the size of the solver's tolerance (1e-9 A), where a bound chosen for a source
+# whose range is within it moves the others' currents by as much. Found by hypothesis: a
+# source with a range must be the linear one (first two); a source beyond coinciding bounds
+# must start at them after the fallback (third).
+@settings(max_examples=300, deadline=None)
+@example([(0, 1.0, 281.0, 0.0, 1e-09), (0, 4.0, 280.0, 0.0, 0.0), (0, 4.0, 280.0, 0.0, 0.0)])
+@example([(0, 0.5, 280.0, 0.0, 0.0), (0, 0.5, 281.0, 0.0, 1e-09), (0, 4.0, 280.0, 0.0, 1.5e-09)])
+@example([(0, 0.5, 280.0, -1e-09, 0.0), (0, 0.5, 280.0, -1.5e-09, 0.0),
+          (0, 0.5, 281.0, 0.0, 0.0)])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 2]),
+            st.sampled_from([0.5, 1.0, 4.0, 200.0]),
+            st.sampled_from([280.0, 281.0, 300.0, 390.0]),
+            st.sampled_from([0.0, -1e-12, -5e-10, -1e-9, -1.5e-9, -2e-9, -3e-9, -1e-8]),
+            st.sampled_from([0.0, 1e-12, 5e-10, 1e-9, 1.5e-9, 2e-9, 3e-9, 1e-8]),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_limited_solve_with_tolerance_sized_bounds(
+    sources: list[tuple[int, float, float, float, float]],
+) -> None:
+    _check_consistent_operating_point(sources)
 
 
 def test_droop_references_at_different_set_points_circulate_a_bounded_current() -> None:

@@ -291,8 +291,11 @@ class GridNetwork:
         src = _Saturating(
             source_nodes, source_g, source_u, source_lo, source_hi,
             on=live[source_nodes],
-            # A source whose bounds coincide gives that current in either bound state.
-            movable=source_hi - source_lo > LIMIT_TOLERANCE_A,
+            # A source whose bounds coincide gives that current in either bound state. Any
+            # range counts, even one within the tolerance: such a source, taken linear, can
+            # still settle the voltage at its own point, where one with coinciding bounds
+            # would have to absorb the others' currents.
+            movable=source_hi > source_lo,
         )
         n_src = len(source_nodes)
         if state is None:
@@ -311,9 +314,9 @@ class GridNetwork:
             node_v = self._relaxed_voltages(node_v, src, live, base)
             x = source_g * (source_u - node_v[source_nodes])
             tol = LIMIT_TOLERANCE_A
+            # Every source beyond a bound starts at it, also one whose bounds coincide.
             state = np.where(
-                src.movable & (x > source_hi + tol), AT_HIGH,
-                np.where(src.movable & (x < source_lo - tol), AT_LOW, LINEAR),
+                x > source_hi + tol, AT_HIGH, np.where(x < source_lo - tol, AT_LOW, LINEAR)
             )
             state = np.where(src.on, state, LINEAR).astype(np.int8)
             state = self._keep_one_linear(state, src, labels, np.zeros(n_src))
@@ -464,10 +467,12 @@ class GridNetwork:
             surplus = float(fixed[members].sum())
             high = members[state[members] == AT_HIGH]
             low = members[state[members] == AT_LOW]
-            if surplus > LIMIT_TOLERANCE_A and len(high):
+            # Half the tolerance: then a source picked for balanced currents absorbs at most
+            # half of it, so float error cannot put it beyond its bound by more than that.
+            if surplus > LIMIT_TOLERANCE_A / 2 and len(high):
                 unlock = src.u[high] - src.hi[high] / src.g[high]
                 chosen = int(high[int(np.argmin(unlock))])
-            elif surplus < -LIMIT_TOLERANCE_A and len(low):
+            elif surplus < -LIMIT_TOLERANCE_A / 2 and len(low):
                 unlock = src.u[low] - src.lo[low] / src.g[low]
                 chosen = int(low[int(np.argmax(unlock))])
             else:

@@ -693,3 +693,72 @@ def test_scaled_loop_still_runs() -> None:
         return loop.time()
 
     assert clock.run(main, "scaled", 200.0) >= 2.0
+
+
+@pytest.mark.parametrize("kind", ["real", "scaled", "virtual"])
+def test_ctrl_c_cancels_the_run_which_cleans_up_then_raises_keyboard_interrupt(
+    kind: str,
+) -> None:
+    """SIGINT during `clock.run` cancels the main coroutine; its task group cancels its
+    tasks, their async generators close in order, and KeyboardInterrupt comes after."""
+    closed: list[str] = []
+
+    async def ticks() -> Any:
+        try:
+            while True:
+                yield
+                await asyncio.sleep(0.01)
+        finally:
+            closed.append("generator")
+
+    async def follower() -> None:
+        async for _ in ticks():
+            pass
+
+    async def main() -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(follower())
+                await asyncio.Event().wait()
+        finally:
+            closed.append("main")
+
+    # From another thread, as a terminal's Ctrl-C comes: it may find the loop anywhere,
+    # in the selector or between callbacks, not in the coroutine.
+    interrupt = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            clock.run(main, kind, 10.0)
+    finally:
+        interrupt.cancel()
+    assert closed == ["generator", "main"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_tasks_left_pending_are_cancelled_before_their_generators_close() -> None:
+    """A task still iterating an async generator when the main coroutine returns is
+    cancelled and awaited first, so the generator closes without 'already running'."""
+    closed: list[str] = []
+    errors: list[dict[str, Any]] = []
+
+    async def ticks() -> Any:
+        try:
+            while True:
+                yield
+                await asyncio.sleep(1.0)
+        finally:
+            closed.append("generator")
+
+    async def follower() -> None:
+        async for _ in ticks():
+            pass
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: errors.append(c))
+        asyncio.get_running_loop().create_task(follower())
+        await asyncio.sleep(2.5)
+
+    clock.run(main, "virtual")
+    assert closed == ["generator"] and errors == []

@@ -443,18 +443,23 @@ def run(
     kind: str = "real",
     speed: float = 1.0,
 ) -> T:
-    """Run a coroutine to completion on a new loop of the given kind, then close the loop."""
-    loop = new_loop(kind, speed)
+    """Run a coroutine to completion on a new loop of the given kind, then close the loop.
+
+    As `asyncio.run` does: Ctrl-C (SIGINT, when called from the main thread) cancels the
+    coroutine, which then cleans up as on any cancellation, and KeyboardInterrupt is raised
+    once it has; tasks still pending at the end are cancelled and awaited before the async
+    generators are closed (closing one that a live task is iterating fails).
+    """
+    runner = asyncio.Runner(loop_factory=lambda: new_loop(kind, speed))
     try:
-        asyncio.set_event_loop(loop)
+        asyncio.set_event_loop(runner.get_loop())
         coro = main() if callable(main) else main
-        return loop.run_until_complete(coro)
+        return runner.run(coro)
     finally:
         try:
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            runner.close()
         finally:
             asyncio.set_event_loop(None)
-            loop.close()
 
 
 class Calendar:

@@ -150,6 +150,15 @@ def summary(state: DemoState, console: Console) -> None:
         f"(charge side): {sum(d.cumulate_amount_wh or 0 for d in completed):.1f} Wh, "
         f"voltage conflicts: {len(world.voltage_conflicts)}"
     )
+    # Stopped (Ctrl-C or --duration) with deals under way: say so, or the energy they moved
+    # would seem to be missing from the deals.
+    finished = {d.deal_id for d in completed}
+    open_deals = [d for d in state.deals if d.deal_id not in finished]
+    if open_deals:
+        console.print(
+            f"deals under way at the last update: {len(open_deals)}, "
+            f"{sum(d.cumulate_amount_wh or 0 for d in open_deals):.1f} Wh moved so far"
+        )
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,8 @@ def test_no_worker_outlives_the_sweep(tmp_path: Path, killed: bool) -> None:
         assert group() == []
         if not killed:
             assert list(scratch.iterdir()) == []
+            assert sweep.returncode == 130, output
+            assert "apis sim: interrupted; the outputs in" in output, output
         assert not (tmp_path / "out" / "sweep.csv").exists()
     finally:
         # Whatever is left of the group when a check failed (the workers included).

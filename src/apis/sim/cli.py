@@ -120,6 +120,12 @@ def register(app: typer.Typer) -> None:
         except (SimError, ConfigError) as error:
             typer.echo(f"apis sim: {error}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo(
+                f"apis sim: interrupted; the outputs in {out} are missing or incomplete",
+                err=True,
+            )
+            raise typer.Exit(130) from None
         if parsed is not None:
             typer.echo((out / "sweep.md").read_text(encoding="utf-8"))
             for path in files:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
+
+import httpx
 from typer.testing import CliRunner
 
 from apis.cli import app
@@ -12,3 +18,27 @@ def test_emulator_command_help() -> None:
     assert result.exit_code == 0
     for option in ("--units", "--port", "--speed", "--host", "--grid", "--profile-csv"):
         assert option in result.output
+
+
+def test_emulator_on_port_0_names_the_port_it_serves_on_and_stops_on_ctrl_c() -> None:
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "apis", "emulator", "--units", "2", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert emulator.stdout is not None
+        first = emulator.stdout.readline()
+        found = re.search(r"on http://127\.0\.0\.1:(\d+)/", first)
+        assert found is not None, first
+        port = int(found.group(1))
+        assert port != 0, first
+        reply = httpx.get(f"http://127.0.0.1:{port}/units/E002/all/get", timeout=10.0)
+        assert reply.status_code == 200 and "rsoc" in reply.json(), reply.text
+        emulator.send_signal(signal.SIGINT)
+        _, stderr = emulator.communicate(timeout=60)
+        assert emulator.returncode == 0, stderr
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if emulator.poll() is None:
+            emulator.kill()
+            emulator.wait()

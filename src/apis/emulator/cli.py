@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +13,7 @@ import typer
 import uvicorn
 
 from apis.emulator.server import DEFAULT_HOST, DEFAULT_PORT
+from apis.listening import CommandServer, bind_listener
 
 EMULATOR_HELP = """Emulate N units (battery, house, DC/DC converter) on one DC grid and serve them.
 
@@ -23,14 +22,6 @@ Routes: the original emulator's (/get/unit/E001, /set/dcdc/E001?mode=&dvg=&dig=,
 Runs on real time, or --speed K times faster. Needs no files: built-in PV and load profiles,
 one bus bar. Ctrl-C stops it.
 """
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal capture: the command stops it and the stepping task."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _read_json(path: Path) -> object:
@@ -69,7 +60,9 @@ async def _serve(
         [(u, hw) for u in unit_ids], grid_config, profiles, seed=seed,
         start=start or DEFAULT_START, ups=UpsModel() if ups else None,
     )
-    server = _Server(
+    sock = bind_listener(host, port)
+    port = sock.getsockname()[1]  # the one chosen for port 0
+    server = CommandServer(
         uvicorn.Config(
             create_emulator_app(world, port), host=host, port=port, log_level="warning",
             lifespan="off",
@@ -82,7 +75,7 @@ async def _serve(
     try:
         async with asyncio.TaskGroup() as tasks:
             stepping = tasks.create_task(world.run(step_s))
-            await server.serve()
+            await server.serve(sockets=[sock])
             stepping.cancel()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ import uvicorn
 
 from apis.hardware.driverconfig import load_driver_config
 from apis.hardware.webapi import DEFAULT_HOST, DEFAULT_PORT
+from apis.listening import CommandServer, bind_listener
 
 DRIVER_HELP = """Serve the Device Driver Web API (dcdc_v2 routes) for one unit.
 
@@ -29,14 +29,6 @@ protection values and the watchdog).
 
 Ctrl-C (or SIGTERM) stops the server, the twins and socat.
 """
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal capture: we stop it ourselves and clean up after."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def _serve(config_path: Path | None, twin: bool, host: str, port: int) -> None:
@@ -55,8 +47,11 @@ async def _serve(config_path: Path | None, twin: bool, host: str, port: int) -> 
     loop = asyncio.get_running_loop()
 
     async def run(driver: RealDriver) -> None:
-        server = _Server(uvicorn.Config(create_driver_app(driver, limits), host=host, port=port,
-                                        log_level="warning", lifespan="off"))
+        sock = bind_listener(host, port)
+        bound_port = sock.getsockname()[1]  # the one chosen for port 0
+        server = CommandServer(uvicorn.Config(create_driver_app(driver, limits), host=host,
+                                              port=bound_port, log_level="warning",
+                                              lifespan="off"))
 
         def stop() -> None:
             server.should_exit = True
@@ -64,8 +59,8 @@ async def _serve(config_path: Path | None, twin: bool, host: str, port: int) -> 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         try:
-            typer.echo(f"apis driver: serving http://{host}:{port} (limits: {limits})")
-            await server.serve()
+            typer.echo(f"apis driver: serving http://{host}:{bound_port} (limits: {limits})")
+            await server.serve(sockets=[sock])
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -16,13 +16,12 @@ failure, from `__aexit__`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -321,6 +320,7 @@ async def serve_emulator(
     from apis.config import load_cluster
     from apis.emulator import ConverterModel, World
     from apis.emulator.server import create_emulator_app
+    from apis.listening import CommandServer, bind_listener
 
     config = load_cluster(config_dir)
     world = World(
@@ -335,12 +335,9 @@ async def serve_emulator(
         for unit_id in world.unit_ids:
             world.set_house_override(unit_id, pv_w=0.0, load_w=0.0)
 
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:  # the loop below owns the signals
-            yield
-
-    server = Server(
+    sock = bind_listener("127.0.0.1", port)
+    port = sock.getsockname()[1]  # the one chosen for port 0
+    server = CommandServer(  # the loop below owns the signals
         uvicorn.Config(
             create_emulator_app(world, port), host="127.0.0.1", port=port, log_level="warning",
             lifespan="off",
@@ -352,5 +349,5 @@ async def serve_emulator(
     print(f"emulating {world.n_units} units on http://127.0.0.1:{port}/", flush=True)
     async with asyncio.TaskGroup() as tasks:
         stepping = tasks.create_task(world.run(0.2))
-        await server.serve()
+        await server.serve(sockets=[sock])
         stepping.cancel()

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from apis.bus.base import Bus
+from apis.listening import CommandServer, bind_listener
 from apis.store.history import HistoryStore
 from apis.web.app import create_app
 from apis.web.service import Operations, loop_seconds
@@ -33,12 +33,6 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the loop's owner handles signals
 
 
 def new_token() -> str:
@@ -98,9 +92,9 @@ class WebServer:
             timeout_keep_alive=max(1, int(loop_seconds(5.0))),
             timeout_graceful_shutdown=max(1, int(loop_seconds(3.0))),
         )
-        sock = _bind(self.host, self.port)
+        sock = bind_listener(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self.server = _Server(config)
+        self.server = CommandServer(config)
         self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name="apis-web")
         while not self.server.started:
             if self._task.done():
@@ -125,17 +119,3 @@ class WebServer:
             yield self
         finally:
             await self.stop()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves: a taken port is an OSError here, naming it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.set_inheritable(True)
-    return sock

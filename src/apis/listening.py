@@ -1,0 +1,37 @@
+"""HTTP servers that the commands run on their own loop: the socket bound first, signals left
+to the command.
+
+Binding the socket before uvicorn starts means a taken port fails at once with an error naming
+it, and port 0 (any free port) is known before the address is printed or handed to the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` (0: any free port; read it with `getsockname`)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class CommandServer(uvicorn.Server):
+    """uvicorn without its own signal capture: the command that runs it stops it (and what
+    runs beside it on the loop) by setting `should_exit`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

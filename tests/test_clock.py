@@ -695,6 +695,21 @@ def test_scaled_loop_still_runs() -> None:
     assert clock.run(main, "scaled", 200.0) >= 2.0
 
 
+async def _follow_ticks(period: float, closed: list[str]) -> None:
+    """Iterate an endless async generator of ticks; it notes in `closed` when it closes."""
+
+    async def ticks() -> Any:
+        try:
+            while True:
+                yield
+                await asyncio.sleep(period)
+        finally:
+            closed.append("generator")
+
+    async for _ in ticks():
+        pass
+
+
 @pytest.mark.parametrize("kind", ["real", "scaled", "virtual"])
 def test_ctrl_c_cancels_the_run_which_cleans_up_then_raises_keyboard_interrupt(
     kind: str,
@@ -703,22 +718,10 @@ def test_ctrl_c_cancels_the_run_which_cleans_up_then_raises_keyboard_interrupt(
     tasks, their async generators close in order, and KeyboardInterrupt comes after."""
     closed: list[str] = []
 
-    async def ticks() -> Any:
-        try:
-            while True:
-                yield
-                await asyncio.sleep(0.01)
-        finally:
-            closed.append("generator")
-
-    async def follower() -> None:
-        async for _ in ticks():
-            pass
-
     async def main() -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(follower())
+                tasks.create_task(_follow_ticks(0.01, closed))
                 await asyncio.Event().wait()
         finally:
             closed.append("main")
@@ -743,21 +746,9 @@ def test_tasks_left_pending_are_cancelled_before_their_generators_close() -> Non
     closed: list[str] = []
     errors: list[dict[str, Any]] = []
 
-    async def ticks() -> Any:
-        try:
-            while True:
-                yield
-                await asyncio.sleep(1.0)
-        finally:
-            closed.append("generator")
-
-    async def follower() -> None:
-        async for _ in ticks():
-            pass
-
     async def main() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _, c: errors.append(c))
-        asyncio.get_running_loop().create_task(follower())
+        asyncio.get_running_loop().create_task(_follow_ticks(1.0, closed))
         await asyncio.sleep(2.5)
 
     clock.run(main, "virtual")

@@ -14,6 +14,10 @@ from collections.abc import Iterator
 import uvicorn
 
 
+class ListenError(OSError):
+    """The address cannot be listened on; `strerror` names it and says why."""
+
+
 def bind_listener(host: str, port: int) -> socket.socket:
     """A socket bound to `host`:`port` (0: any free port; read it with `getsockname`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -23,7 +27,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+        raise ListenError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
     sock.set_inheritable(True)
     return sock
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -42,3 +43,19 @@ def test_emulator_on_port_0_names_the_port_it_serves_on_and_stops_on_ctrl_c() ->
         if emulator.poll() is None:
             emulator.kill()
             emulator.wait()
+
+
+def test_emulator_on_a_taken_port_says_so_without_a_traceback() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "apis", "emulator", "--units", "2", "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"apis emulator: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        result.stderr
+    ), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr

@@ -13,7 +13,7 @@ import typer
 import uvicorn
 
 from apis.emulator.server import DEFAULT_HOST, DEFAULT_PORT
-from apis.listening import CommandServer, bind_listener
+from apis.listening import CommandServer, ListenError, bind_listener
 
 EMULATOR_HELP = """Emulate N units (battery, house, DC/DC converter) on one DC grid and serve them.
 
@@ -126,11 +126,15 @@ def register(app: typer.Typer) -> None:
         from apis import clock
 
         kind = "real" if speed == 1.0 else "scaled"
-        clock.run(
-            _serve(
-                units, host, port, seed, grid, hw_config, solar, load, profile_csv or [],
-                start, step, ups,
-            ),
-            kind,
-            speed,
-        )
+        try:
+            clock.run(
+                _serve(
+                    units, host, port, seed, grid, hw_config, solar, load, profile_csv or [],
+                    start, step, ups,
+                ),
+                kind,
+                speed,
+            )
+        except ListenError as e:
+            typer.echo(f"apis emulator: {e.strerror}", err=True)
+            raise typer.Exit(1) from None

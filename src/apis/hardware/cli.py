@@ -13,7 +13,7 @@ import uvicorn
 
 from apis.hardware.driverconfig import load_driver_config
 from apis.hardware.webapi import DEFAULT_HOST, DEFAULT_PORT
-from apis.listening import CommandServer, bind_listener
+from apis.listening import CommandServer, ListenError, bind_listener
 
 DRIVER_HELP = """Serve the Device Driver Web API (dcdc_v2 routes) for one unit.
 
@@ -108,5 +108,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         if config is None and not twin:
             raise typer.BadParameter("give --config FILE (real serial ports) or --twin")
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(config, twin, host, port))
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_serve(config, twin, host, port))
+        except ListenError as e:
+            typer.echo(f"apis driver: {e.strerror}", err=True)
+            raise typer.Exit(1) from None

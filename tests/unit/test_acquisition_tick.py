@@ -223,3 +223,28 @@ def test_a_hung_driver_is_reported_after_the_policy_s_bound(tmp_path: Path) -> N
     assert reports == [
         ("HARDWARE", "LOCAL", "ERROR", "Communication failed with Device Driver: TimeoutError()")
     ]
+
+
+def test_after_a_command_the_tick_reads_the_driver_again(tmp_path: Path) -> None:
+    """A read for somebody else spares the tick its own read only while no command has
+    changed the converter since: else the check would judge the converter as it was (a unit
+    told to WAIT as its deal ended was found "in CHARGE but no deal")."""
+    rig = Rig(tmp_path, ["E001", "E002"], [50.0, 50.0])
+
+    async def scenario(rig: Rig) -> list[str]:
+        c = rig.cluster
+        await until(lambda: c.grid_master_unit() is not None, 120)
+        controller = c.units["E002"].controller
+        assert controller is not None
+        period = rig.config.policy.controller.data_acquisition_period_msec / 1000
+        await controller.acquire()  # the Grid Master's urgent read, say: WAIT
+        started = asyncio.get_running_loop().time()
+        await controller.execute("VOLTAGE_REFERENCE", {})  # no deal: a real violation
+        await asyncio.sleep(period)  # one tick
+        found = [f.message for t, level, f in controller.findings
+                 if t >= started and level == "WARN"]
+        await controller.execute("WAIT", {})
+        return found
+
+    found = rig.run(scenario)
+    assert any("VOLTAGE_REFERENCE but no deal" in m for m in found), found

@@ -162,6 +162,8 @@ class Controller:
         self._data: UnitData | None = None
         self._dcdc: ConverterData | None = None
         self._acquired_at = -math.inf
+        # A command changed the converter after the last read: that read no longer shows it.
+        self._commanded_since_read = False
         self._max_epoch = 0
         self.skip_dynamic_check = False
         self.commands_executed = 0
@@ -194,6 +196,7 @@ class Controller:
         self._data = data
         self._dcdc = data.dcdc
         self._acquired_at = asyncio.get_running_loop().time()
+        self._commanded_since_read = False
         return data
 
     async def acquisition_loop(self) -> None:
@@ -202,7 +205,11 @@ class Controller:
         loop = asyncio.get_running_loop()
         while True:
             data = self._data
-            if data is None or needs_read(loop.time(), self._acquired_at, period):
+            if (
+                data is None
+                or self._commanded_since_read
+                or needs_read(loop.time(), self._acquired_at, period)
+            ):
                 try:
                     data = await self.acquire()
                 except Exception as e:  # the driver failed; the next tick retries
@@ -211,7 +218,10 @@ class Controller:
                         "HARDWARE", "ERROR", f"Communication failed with Device Driver: {e!r}"
                     )
             # else: a read for somebody else (the Grid Master's urgent collection) happened
-            # since the last tick; check that one instead of reading the driver twice.
+            # since the last tick and no command followed it; check that one instead of
+            # reading the driver twice. (After a command it would show the converter as it
+            # was: a unit told to WAIT as its deal ended was then found "in CHARGE but no
+            # deal".)
             if data is not None:
                 await self.check_safety(data)
             await asyncio.sleep(period)
@@ -483,6 +493,7 @@ class Controller:
                 f"dig = {dig} (must be within 0..gridCurrentCapacityA "
                 f"{self.hw.grid_current_capacity_a})"
             )
+        self._commanded_since_read = True
         result = await self.driver.set(mode, dvg, dig, drg)
         self._dcdc = result
         if result.mode is not mode:
@@ -493,10 +504,12 @@ class Controller:
         return result
 
     async def _set_current(self, dig: float) -> ConverterData:
+        self._commanded_since_read = True
         self._dcdc = await self.driver.set_current(dig)
         return self._dcdc
 
     async def _set_voltage(self, dvg: float, drg: float) -> ConverterData:
+        self._commanded_since_read = True
         self._dcdc = await self.driver.set_voltage(dvg, drg)
         return self._dcdc
 

@@ -162,8 +162,10 @@ class Controller:
         self._data: UnitData | None = None
         self._dcdc: ConverterData | None = None
         self._acquired_at = -math.inf
-        # A command changed the converter after the last read: that read no longer shows it.
-        self._commanded_since_read = False
+        # Converter commands begun so far, and how many had begun when the last read began:
+        # when they differ, a command may have changed the converter after that read.
+        self._commands_begun = 0
+        self._commands_before_read = 0
         self._max_epoch = 0
         self.skip_dynamic_check = False
         self.commands_executed = 0
@@ -192,11 +194,14 @@ class Controller:
         c = self.policy.controller
         # The driver retries itself; this only bounds a driver that hangs altogether.
         limit = c.request_timeout_msec * c.retry_limit / 1000 + 1.0
+        # Counted before the read: a command begun while it runs (a scram takes no lock)
+        # leaves the read older than the command.
+        commands_before = self._commands_begun
         data = await within(limit, self.driver.read())
         self._data = data
         self._dcdc = data.dcdc
         self._acquired_at = asyncio.get_running_loop().time()
-        self._commanded_since_read = False
+        self._commands_before_read = commands_before
         return data
 
     async def acquisition_loop(self) -> None:
@@ -207,7 +212,7 @@ class Controller:
             data = self._data
             if (
                 data is None
-                or self._commanded_since_read
+                or self._commands_begun != self._commands_before_read
                 or needs_read(loop.time(), self._acquired_at, period)
             ):
                 try:
@@ -493,7 +498,7 @@ class Controller:
                 f"dig = {dig} (must be within 0..gridCurrentCapacityA "
                 f"{self.hw.grid_current_capacity_a})"
             )
-        self._commanded_since_read = True
+        self._commands_begun += 1
         result = await self.driver.set(mode, dvg, dig, drg)
         self._dcdc = result
         if result.mode is not mode:
@@ -504,12 +509,12 @@ class Controller:
         return result
 
     async def _set_current(self, dig: float) -> ConverterData:
-        self._commanded_since_read = True
+        self._commands_begun += 1
         self._dcdc = await self.driver.set_current(dig)
         return self._dcdc
 
     async def _set_voltage(self, dvg: float, drg: float) -> ConverterData:
-        self._commanded_since_read = True
+        self._commands_begun += 1
         self._dcdc = await self.driver.set_voltage(dvg, drg)
         return self._dcdc
 

@@ -7,10 +7,8 @@ from typing import Any
 
 import pytest
 
-# The original sample files live in ../shared beside the clone (also in CI).
-SAMPLE_DIR = (
-    Path(__file__).resolve().parents[3] / "shared" / "reference" / "original-sample-config"
-)
+# Our own files in the original apis-main format (every key and nesting of the format).
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "original-format"
 
 
 @pytest.fixture

@@ -31,9 +31,9 @@ def test_sample_config_json_loads_with_every_key() -> None:
     assert c.connection.emulator.port == 4390
     assert c.connection.dcdc_controller.port == 4380
     assert c.deal_log_dir_format == "'{tmpdir}/apis/dealLog/'uuuu'/'MM'/'dd"
-    assert c.control_center.account == "e001"
-    assert c.watchdog.uri == "/restart"
-    assert c.display_name == "E001"
+    assert c.control_center.account == "house-one"
+    assert c.watchdog.uri == "/watchdog/restart"
+    assert c.display_name == "house-one"
 
 
 def test_config_json_defaults() -> None:
@@ -65,7 +65,7 @@ def test_sample_policy_loads_with_every_key() -> None:
     assert p.controller.dcdc.voltage_reference.authorization.number_of_trials == 3
     assert p.controller.dcdc.checkpoint.retry_wait_msec == 100
     assert p.mediator.deal.amount_unit_wh == 50
-    assert p.grid_master.grid_master_selection.fixed_unit_id == "Exxx"
+    assert p.grid_master.grid_master_selection.fixed_unit_id == "E001"
     assert p.grid_master.deal.force_stop_condition.charge_unit_upper_limit_rsoc == 95
     assert p.safety.grid_topology_based_evaluation.enabled is False
     assert p.grid_voltage_step_v == 350  # undocumented key, code default

@@ -11,7 +11,8 @@ import pytest
 from apis.emulator import World
 from apis.emulator.house import SampledProfiles, read_original_solar_csv
 
-REFERENCE_SOLAR = Path("/work/shared/reference/original-emulator-sample_solar_data.csv")
+# A year of hourly PV (W) in the original emulator's solar format, made by this project.
+REFERENCE_SOLAR = Path(__file__).resolve().parents[1] / "data" / "original-emulator" / "solar.csv"
 AT = datetime(2020, 1, 1)
 
 
@@ -63,7 +64,6 @@ def test_simple_format_drives_a_world(tmp_path: Path) -> None:
         SampledProfiles.from_simple_csv(bad, 1)
 
 
-@pytest.mark.skipif(not REFERENCE_SOLAR.exists(), reason="reference sample not present")
 def test_reference_solar_sample() -> None:
     pv = read_original_solar_csv(REFERENCE_SOLAR)
     assert pv.shape == (365 * 24,)

@@ -27,9 +27,7 @@ from apis.hardware.driver import ConverterData, DriverVersion, UnitData
 from apis.hardware.modes import ConverterMode
 from apis.unit.cluster import InProcessCluster
 
-SAMPLE_DIR = (
-    Path(__file__).resolve().parents[3] / "shared" / "reference" / "original-sample-config"
-)
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "original-format"
 T = TypeVar("T")
 
 

@@ -191,3 +191,24 @@ async def test_stop_leaves_no_process_behind() -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.timeout(120)
+async def test_close_after_the_servers_are_gone_returns_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`apis unit` stopped after the NATS servers died ends with its own line, no traceback:
+    closing a connection whose server is gone (reconnecting, pending data) does not raise."""
+    server = NatsCluster(1)
+    await server.start()
+    try:
+        bus = await NatsBus.connect(server.urls, name="E001", reconnect_wait=0.2)
+        kv = await bus.kv(unique("gone"))
+        await kv.create("k", 1)
+    finally:
+        await server.stop()
+    for _ in range(50):  # publishes pile up in the client's buffer while it reconnects
+        await bus.publish("apis.gone.test", {"n": 1})
+    await asyncio.sleep(0.5)
+    await asyncio.wait_for(bus.close(), 10)
+    await bus.close()  # a second close is a no-op

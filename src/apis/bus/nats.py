@@ -432,7 +432,9 @@ class NatsBus:
         await cancel_and_wait(task for task in self._tasks if task is not current)
         try:
             await self._nc.close()
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
+            # The servers are gone: flushing what was pending fails (ConnectionResetError);
+            # the connection is closed all the same, and a shutdown says so in one line.
             log.debug("%s: closing: %r", self.name, exc)
 
 

@@ -47,10 +47,14 @@ def register(app: typer.Typer) -> None:
         )
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per driver request
         try:
-            asyncio.run(run_unit(config))
+            unit_id = asyncio.run(run_unit(config))
         except UnitRefused as e:
             typer.echo(f"apis unit: refused to start: {e}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # before the unit's own signal handling was in place
+            typer.echo("apis unit: interrupted while starting", err=True)
+            raise typer.Exit(130) from None
+        typer.echo(f"apis unit: {unit_id} stopped", err=True)
 
     cluster = typer.Typer(help="A whole cluster of unit processes on this machine.",
                           no_args_is_help=True)

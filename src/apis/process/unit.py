@@ -59,8 +59,8 @@ async def connect_bus(bus: BusConfig, base: Path, name: str) -> NatsBus:
         raise UnitRefused(str(e)) from None
 
 
-async def run_unit(config_path: Path) -> None:
-    """Start the unit of `config_path` and serve until it shuts down."""
+async def run_unit(config_path: Path) -> str:
+    """Start the unit of `config_path` and serve until it shuts down; its unit id."""
     from apis.unit.driverfactory import UnsupportedSystemType, driver_from_config
     from apis.unit.node import StartupFailed, Unit
 
@@ -102,3 +102,4 @@ async def run_unit(config_path: Path) -> None:
             await bus.close()
     finally:
         await driver.aclose()
+    return config.unit_id

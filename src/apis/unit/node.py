@@ -44,6 +44,7 @@ from apis.unit.election import ActivationFailed, Election
 from apis.unit.errorhandling import ErrorHandling
 from apis.unit.errors import ErrorRecord
 from apis.unit.gridmaster import GridMaster
+from apis.unit.lease import LeaseLost
 from apis.unit.mediator import Mediator
 from apis.unit.modes import OperationModes
 from apis.unit.registry import Registry
@@ -553,8 +554,12 @@ class Unit:
     async def _run_grid_master(self, gm: GridMaster) -> None:
         try:
             await gm.run()
-        except Exception:
-            log.exception("(LOGIC:LOCAL:ERROR:%s) Grid Master failed", self.unit_id)
+        except Exception as exc:
+            lost = _only_lease_lost(exc)
+            if lost is not None:  # expected when the bus is gone: one line, no traceback
+                log.error("(LOGIC:LOCAL:ERROR:%s) Grid Master stopped: %s", self.unit_id, lost)
+            else:
+                log.exception("(LOGIC:LOCAL:ERROR:%s) Grid Master failed", self.unit_id)
             if self.grid_master is gm:
                 self.grid_master = None
                 self.state.is_grid_master = False
@@ -577,3 +582,14 @@ class Unit:
             self.state.is_grid_master = False
             if self.registry is not None:
                 await self.registry.release_grid_master(self.unit_id)
+
+
+def _only_lease_lost(exc: BaseException) -> LeaseLost | None:
+    """The LeaseLost that `exc` is, or that is all a task group raised; else None."""
+    if isinstance(exc, LeaseLost):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        lost, rest = exc.split(LeaseLost)
+        if lost is not None and rest is None:
+            return _only_lease_lost(lost.exceptions[0])
+    return None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from apis.config.base import ConfigModel, MinMax
+from apis.config.base import ConfigModel, MinMax, rule
 
 
 class MeterRanges(ConfigModel):
@@ -16,13 +16,14 @@ class MeterRanges(ConfigModel):
     ig: MinMax = MinMax(min=-2.35, max=2.35)  # A
     ib: MinMax = MinMax(min=-20, max=20)  # A
 
-    @model_validator(mode="after")
-    def _ordered(self) -> MeterRanges:
+    @rule
+    def _ordered(self) -> list[str]:
+        broken = []
         for name in ("tmp", "vg", "vb", "ig", "ib"):
-            r: MinMax = getattr(self, name)
-            if r.min > r.max:
-                raise ValueError(f"{name}.min = {r.min:g} (must be <= {name}.max = {r.max:g})")
-        return self
+            r: MinMax | None = getattr(self, name, None)  # None: the range itself is wrong
+            if r is not None and r.min > r.max:
+                broken.append(f"{name}.min = {r.min:g} (must be <= {name}.max = {r.max:g})")
+        return broken
 
 
 class DcdcRanges(ConfigModel):

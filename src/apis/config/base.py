@@ -130,6 +130,7 @@ class ConfigModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,  # no setting is infinite; NaN would pass every comparison
     )
 
     @model_validator(mode="wrap")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from apis.config.base import ConfigModel, MinMax, rule
+
+# The droop (drg) the EZA2500 converter takes: its register encodes 0..3.999.
+DROOP_RATIO_MAX = 3.999
 
 
 class MeterRanges(ConfigModel):
@@ -43,9 +46,17 @@ class HwConfig(ConfigModel):
     battery_nominal_capacity_wh: float = Field(4800, gt=0)  # Wh
     grid_current_capacity_a: float = Field(2.3, gt=0)  # A: VR dig, max set-point
     grid_current_allowance_a: float = Field(0.125, ge=0)  # A: checkpoint tolerance
-    droop_ratio: float = Field(0.039, ge=0)  # drg used during CV transfer
+    droop_ratio: float = 0.039  # drg used during CV transfer
     efficient_battery_grid_voltage_ratio: float | None = Field(6.5, gt=0)
     safety: HwSafety = HwSafety()
+
+    @field_validator("droop_ratio")
+    @classmethod
+    def _droop_in_converter_range(cls, value: float) -> float:
+        if not 0 <= value <= DROOP_RATIO_MAX:
+            raise ValueError(f"= {value:g} (must be within 0..{DROOP_RATIO_MAX:g}, the droop "
+                             "the EZA2500 converter takes)")
+        return value
 
     @property
     def meter_ranges(self) -> MeterRanges:

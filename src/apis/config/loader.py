@@ -7,7 +7,7 @@ sub-directory per unit. Paths inside config.json are relative to the config.json
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from apis.config.errors import ConfigError, Problem, describe_pydantic_error
 from apis.config.grid import GridConfig
 from apis.config.hwconfig import HwConfig
 from apis.config.policy import Policy
+from apis.config.reader import FileRefused, read_object
 from apis.config.scenario import Scenario, ScenarioError
 from apis.config.unitconfig import UnitConfig
 
@@ -33,25 +34,18 @@ def display_name(path: Path, root: Path | None) -> str:
     if root is not None:
         try:
             return str(path.resolve().relative_to(root.resolve()))
-        except ValueError:
+        except (ValueError, OSError, RuntimeError):  # elsewhere, or a symlink loop
             pass
     return str(path)
 
 
-def read_json(path: Path, name: str, problems: list[Problem]) -> Any | None:
+def read_json(path: Path, name: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """The file's JSON object without its comment keys, or None (the reason in problems)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        problems.append(Problem(name, "", "file not found"))
-        return None
-    except OSError as e:
-        problems.append(Problem(name, "", f"cannot read ({e.strerror})"))
-        return None
-    try:
-        return strip_comments(json.loads(text))
-    except json.JSONDecodeError as e:
-        where = f"line {e.lineno} column {e.colno}"
-        problems.append(Problem(name, "", f"not valid JSON: {e.msg} at {where}"))
+        return strip_comments(read_object(path))  # type: ignore[no-any-return]
+    except FileRefused as e:
+        problems.extend([Problem(name, p, m) for p, m in e.problems]
+                        or [Problem(name, "", str(e))])
         return None
 
 
@@ -158,7 +152,7 @@ def _named_files(
         if isinstance(value, str) and value:
             found.append(resolve(base, value))
         else:
-            found.append(base / sibling if (base / sibling).is_file() else None)
+            found.append(base / sibling if present(base / sibling) else None)
     return found
 
 
@@ -194,13 +188,19 @@ def load_unit(config_path: Path, root: Path | None, problems: list[Problem]) -> 
     return files if len(problems) == before else None
 
 
+def present(path: Path) -> bool:
+    """Something other than a directory is at `path` (a FIFO or a dangling link too: the
+    reader says what is wrong with it)."""
+    return os.path.lexists(path) and not path.is_dir()
+
+
 def find_unit_configs(directory: Path) -> list[Path]:
     """config.json in the directory and in each direct sub-directory, sorted."""
     found = []
-    if (directory / "config.json").is_file():
+    if present(directory / "config.json"):
         found.append(directory / "config.json")
     for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
-        if (sub / "config.json").is_file():
+        if present(sub / "config.json"):
             found.append(sub / "config.json")
     return found
 
@@ -210,7 +210,10 @@ def load_cluster(directory: Path | str) -> Cluster:
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError([Problem(str(root), "", "not a directory")])
-    configs = find_unit_configs(root)
+    try:
+        configs = find_unit_configs(root)
+    except OSError as e:
+        raise ConfigError([Problem(str(root), "", f"cannot list ({e.strerror})")]) from None
     if not configs:
         raise ConfigError(
             [Problem(str(root), "", "no config.json here or in any sub-directory")]
@@ -225,7 +228,7 @@ def load_cluster_files(
 
     problems: list[Problem] = []
     loaded = [_unit_files(p, root, problems) for p in config_paths]
-    if grid_path is None and root is not None and (root / "grid.json").is_file():
+    if grid_path is None and root is not None and present(root / "grid.json"):
         grid_path = root / "grid.json"
     grid: GridConfig | None = None
     if grid_path is not None:

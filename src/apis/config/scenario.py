@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from apis.config.base import ConfigModel, rule
+from apis.config.errors import show_value
 
 Direction = Literal["charge", "discharge"]
 WINDOW_KEY = re.compile(r"^(\d\d:\d\d:\d\d)-(\d\d:\d\d:\d\d)$")
@@ -197,7 +198,8 @@ class Scenario:
             raise ScenarioError([("", f"top level = {type(data).__name__} (must be an object)")])
         period = data.get("refreshingPeriodMsec", 5000)
         if isinstance(period, bool) or not isinstance(period, int) or period <= 0:
-            problems.append(("refreshingPeriodMsec", f"= {period!r} (must be an integer > 0)"))
+            problems.append(("refreshingPeriodMsec",
+                             f"= {show_value(period)} (must be an integer > 0)"))
             period = 5000
         selection = AcceptSelection()
         if "acceptSelection" in data:

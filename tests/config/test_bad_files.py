@@ -138,3 +138,18 @@ def test_text_from_the_files_is_never_markup_nor_a_control_sequence(sample_dir: 
     assert "policy.json: \\x1b[2J: unknown key (value 1)" in bad.output
     assert "\x1b" not in bad.output
     assert json.loads((sample_dir / "policy.json").read_text())["\x1b[2J"] == 1
+
+
+def test_names_numbers_and_marks_the_reader_judges(sample_dir: Path) -> None:
+    edit_json(sample_dir / "config.json", lambda d: d.update(scenarioFile="./a\x00b"))
+    (sample_dir / "policy.json").write_text(
+        (sample_dir / "policy.json").read_text().replace('"gridCurrentA": 1,',
+                                                         '"gridCurrentA": 1' + "0" * 30 + ","))
+    hw = sample_dir / "hwConfig.json"
+    hw.write_bytes(b"\xef\xbb\xbf" + hw.read_bytes())  # a byte-order mark is still UTF-8
+    result = CliRunner().invoke(config_app, ["check", str(sample_dir)])
+    assert result.exit_code == 2, result.output
+    assert problem_lines(result.output) == [
+        "policy.json: not valid JSON: a number of 31 digits (numbers have at most 30)",
+        f"{sample_dir}/a\\x00b: cannot open (a file name holds no NUL character)",
+    ]

@@ -52,6 +52,50 @@ def test_check_five_mistakes_names_all_five(tmp_path: Path) -> None:
     assert "grid.json: not valid JSON" in out
 
 
+def five_mistakes(folder: Path) -> None:
+    """Five mistakes across the four original-format files, each judged within its file."""
+    edit_json(folder / "policy.json", lambda d: d["mediator"]["deal"].update(gridCurrentA=-1))
+    edit_json(folder / "policy.json", lambda d: d.update(operationGridVoltageV=500))
+    edit_json(folder / "hwConfig.json", lambda d: d.update(batteryNominalCapacityWh="big"))
+    edit_json(folder / "scenario.json",
+              lambda d: d["00:00:00-24:00:00"]["batteryStatus"].update({"4320-": "excess",
+                                                                         "4000-4320": "full"}))
+    edit_json(folder / "config.json", lambda d: d.pop("unitId"))
+
+
+FIVE_MISTAKES = [
+    "config.json: unitId: missing (required key)",
+    "hwConfig.json: batteryNominalCapacityWh = 'big' (must be a number)",
+    "policy.json: mediator.deal.gridCurrentA = -1 (must be > 0)",
+    "policy.json: operationGridVoltageV = 500 (must be within operationGridVoltageVRange "
+    "300..380)",
+    "scenario.json: 00:00:00-24:00:00.batteryStatus (ranges '3600-4320' and '4000-4320' "
+    "overlap)",
+]
+
+
+def test_check_original_folder_names_every_mistake_of_every_file(sample_dir: Path) -> None:
+    # Issue 23: the missing unitId hid the other four, a wrong gridCurrentA hid the voltage.
+    five_mistakes(sample_dir)
+    result = runner.invoke(config_app, ["check", str(sample_dir)])
+    assert result.exit_code == 2, result.output
+    lines = [line.removeprefix("  x ") for line in result.output.splitlines()]
+    assert lines == ["5 problem(s):", *FIVE_MISTAKES]
+
+
+def test_unit_process_reports_the_same_problems(sample_dir: Path) -> None:
+    five_mistakes(sample_dir)
+    unit = subprocess.run(
+        [sys.executable, "-m", "apis", "unit", "--config", str(sample_dir / "config.json")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert unit.returncode == 2, unit.stdout + unit.stderr
+    assert "Traceback" not in unit.stderr
+    lines = unit.stderr.splitlines()
+    assert lines[0] == "apis unit: refused to start: 5 configuration problem(s):"
+    assert lines[1:] == [f"  {sample_dir}/{line}" for line in FIVE_MISTAKES]
+
+
 def test_check_reports_cross_file_problems_once_files_are_valid(tmp_path: Path) -> None:
     write_cluster(tmp_path, 2)
     edit_json(tmp_path / "E002" / "hwConfig.json", lambda d: d.update(gridCurrentCapacityA=0.5))

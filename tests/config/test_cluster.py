@@ -111,6 +111,16 @@ def test_time_windows_cover_the_day(tmp_path: Path) -> None:
     assert len(problems_of(tmp_path)) == 2
 
 
+def test_files_beside_an_unreadable_config_json_are_still_checked(sample_dir: Path) -> None:
+    (sample_dir / "config.json").write_text('{"unitId": "E001",')
+    edit_json(sample_dir / "scenario.json", lambda d: d["00:00:00-24:00:00"]["request"][
+        "short"]["charge"].update(limitWh=-10))
+    found = problems_of(sample_dir)
+    assert len(found) == 2 and found[0].startswith("config.json: not valid JSON")
+    assert found[1] == ("scenario.json: 00:00:00-24:00:00.request.short.charge.limitWh = -10 "
+                        "(must be >= 0)")
+
+
 def test_members_contain_every_unit(tmp_path: Path) -> None:
     write_cluster(tmp_path, 3)
     edit_json(tmp_path / "policy.json",

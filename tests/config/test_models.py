@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from apis.config import ConfigError, GridConfig, HwConfig, Policy, Scenario, UnitConfig
 from apis.config.base import strip_comments
@@ -190,6 +191,25 @@ def test_policy_model_rules() -> None:
         Policy.model_validate(
             {"memberUnitIds": ["A"], "operationGridVoltageVRange": {"min": 380, "max": 300}}
         )
+
+
+def test_rules_across_keys_judged_beside_wrong_keys() -> None:
+    with pytest.raises(ValueError) as info:
+        Policy.model_validate({
+            "memberUnitIds": ["A", "A"], "operationGridVoltageV": 390,
+            "mediator": {"deal": {"gridCurrentA": 0, "amountMinWh": 100}},
+            "largeCapacityUnitIds": ["Z"],
+        })
+    text = str(info.value)
+    assert "gridCurrentA" in text and "amountMinWh = 100 (must be <= amountMaxWh" in text
+    assert "must be unique" in text and "operationGridVoltageV = 390" in text
+    assert "largeCapacityUnitIds: 'Z'" in text
+    # A rule that reads a wrong key gives no verdict: only the wrong key is named.
+    with pytest.raises(ValidationError) as wrong:
+        Policy.model_validate({"memberUnitIds": ["A"], "operationGridVoltageV": "high",
+                               "operationGridVoltageVRange": {"min": 400, "max": 380}})
+    assert [e["loc"] for e in wrong.value.errors()] == [
+        ("operationGridVoltageV",), ("operationGridVoltageVRange",)]
 
 
 def test_topology_branches_checked_only_when_enabled() -> None:

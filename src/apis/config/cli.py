@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from apis.config.advice import design_figures
-from apis.config.errors import ConfigError, Problem
+from apis.config.errors import ConfigError, Problem, printable
 from apis.config.generate import DEFAULT_UNITS, write_cluster
 from apis.config.grid import GridConfig
 from apis.config.hwconfig import HwConfig
@@ -37,9 +39,11 @@ def _print_problems(console: Console, problems: list[Problem]) -> None:
 
 
 def _report_cluster(console: Console, cluster: Cluster, where: str) -> None:
+    # Unit IDs and paths are the files' text: never rich markup.
     console.print(
-        f"[green]ok[/] {where}: {len(cluster.units)} unit(s) "
-        f"({', '.join(cluster.unit_ids)}), members {cluster.policy.member_unit_ids}",
+        f"[green]ok[/] {escape(printable(where))}: {len(cluster.units)} unit(s) "
+        f"({escape(printable(', '.join(cluster.unit_ids)))}), "
+        f"members {escape(printable(str(cluster.policy.member_unit_ids)))}",
         highlight=False,
     )
     for w in cluster.warnings:
@@ -47,7 +51,7 @@ def _report_cluster(console: Console, cluster: Cluster, where: str) -> None:
     figures = design_figures(cluster.policy, [u.hw_config for u in cluster.units])
     console.print("[bold]Hardware-design figures (seed section 5):[/]")
     for line in figures.lines():
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {escape(line)}", highlight=False)
     if figures.control_loss_too_high:
         console.print(
             "  [yellow]warning[/] the control-loss share exceeds 5 %: make deals larger "
@@ -72,15 +76,17 @@ def check(
     """Validate configuration: every problem at once, with file, key, value and rule."""
     console = Console(soft_wrap=True)
     problems: list[Problem] = []
-    configs = [p for p in paths if p.is_file() and p.name == "config.json"]
-    loose = [p for p in paths if p.is_file() and p.name != "config.json"]
+    # Anything but a directory is a file to read: the reader says if it cannot be one.
+    files = [p for p in paths if not p.is_dir() and os.path.lexists(p)]
+    configs = [p for p in files if p.name == "config.json"]
+    loose = [p for p in files if p.name != "config.json"]
     for p in paths:
         if p.is_dir():
             try:
                 _report_cluster(console, load_cluster(p), str(p))
             except ConfigError as e:
                 problems.extend(e.problems)
-        elif not p.exists():
+        elif not os.path.lexists(p):
             problems.append(Problem(str(p), "", "no such file or directory"))
     if configs:
         try:
@@ -93,7 +99,7 @@ def check(
         bad = {p.file for p in loose_problems}
         for name in checked:
             if name not in bad:
-                console.print(f"[green]ok[/] {name}", highlight=False)
+                console.print(f"[green]ok[/] {escape(name)}", highlight=False)
     if problems:
         _print_problems(console, problems)
         raise typer.Exit(EXIT_CONFIG_ERROR)

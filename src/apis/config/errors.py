@@ -17,11 +17,19 @@ class Problem:
 
     def __str__(self) -> str:
         if not self.path:
-            return f"{self.file}: {self.message}"
+            return printable(f"{self.file}: {self.message}")
         sep = " " if self.message.startswith("=") or self.message.startswith("(") else "."
         if self.message.startswith(("unknown key", "missing", "time window", "status ")):
             sep = ": "
-        return f"{self.file}: {self.path}{sep}{self.message}"
+        return printable(f"{self.file}: {self.path}{sep}{self.message}")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters and lone surrogates (from a file's keys) escaped: a
+    message must not drive the terminal nor fail to encode."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(Exception):
@@ -32,7 +40,20 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+MAX_SHOWN = 60  # characters of a value shown in a message
+
+
 def _show(value: Any) -> str:
+    text = _show_whole(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def show_value(value: Any) -> str:
+    """A value as the file wrote it (null, true, 'text'), shortened for a message."""
+    return _show(value)
+
+
+def _show_whole(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, dict):
@@ -89,6 +110,7 @@ def describe_pydantic_error(err: ErrorDetails) -> tuple[str, str]:
         "int_type": lambda: "must be an integer",
         "float_parsing": lambda: "must be a number",
         "float_type": lambda: "must be a number",
+        "finite_number": lambda: "must be a finite number",
         "bool_parsing": lambda: "must be true or false",
         "bool_type": lambda: "must be true or false",
         "string_type": lambda: "must be a string",

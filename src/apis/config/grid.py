@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from apis.config.base import ConfigModel
+from apis.config.base import ConfigModel, rule
 
 DEFAULT_LINE_RESISTANCE_OHM = 0.05  # a short run of 4 mm² copper, there and back
 
@@ -35,25 +35,31 @@ class GridConfig(ConfigModel):
     nodes: list[GridNode]
     lines: list[GridLine]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> GridConfig:
-        ids = [n.id for n in self.nodes]
+    @rule
+    def _unique_nodes(self) -> list[str]:
         seen: set[str] = set()
-        for node_id in ids:
-            if node_id in seen:
-                raise ValueError(f"nodes: id = {node_id!r} (must be unique)")
-            seen.add(node_id)
-        line_ids: set[str] = set()
+        broken = []
+        for node in self.nodes:
+            if node.id in seen:
+                broken.append(f"nodes: id = {node.id!r} (must be unique)")
+            seen.add(node.id)
+        return broken
+
+    @rule
+    def _lines_join_nodes(self) -> list[str]:
+        nodes = {n.id for n in self.nodes}
+        seen: set[str] = set()
+        broken = []
         for line in self.lines:
-            if line.id in line_ids:
-                raise ValueError(f"lines: id = {line.id!r} (must be unique)")
-            line_ids.add(line.id)
+            if line.id in seen:
+                broken.append(f"lines: id = {line.id!r} (must be unique)")
+            seen.add(line.id)
             for end in (line.from_node, line.to_node):
-                if end not in seen:
-                    raise ValueError(f"lines.{line.id}: node = {end!r} (must be one of nodes)")
+                if end not in nodes:
+                    broken.append(f"lines.{line.id}: node = {end!r} (must be one of nodes)")
             if line.from_node == line.to_node:
-                raise ValueError(f"lines.{line.id}: from = to = {line.from_node!r} (must differ)")
-        return self
+                broken.append(f"lines.{line.id}: from = to = {line.from_node!r} (must differ)")
+        return broken
 
     @property
     def unit_ids(self) -> list[str]:

@@ -7,7 +7,7 @@ sub-directory per unit. Paths inside config.json are relative to the config.json
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from apis.config.errors import ConfigError, Problem, describe_pydantic_error
 from apis.config.grid import GridConfig
 from apis.config.hwconfig import HwConfig
 from apis.config.policy import Policy
+from apis.config.reader import FileRefused, read_object
 from apis.config.scenario import Scenario, ScenarioError
 from apis.config.unitconfig import UnitConfig
 
@@ -33,25 +34,18 @@ def display_name(path: Path, root: Path | None) -> str:
     if root is not None:
         try:
             return str(path.resolve().relative_to(root.resolve()))
-        except ValueError:
+        except (ValueError, OSError, RuntimeError):  # elsewhere, or a symlink loop
             pass
     return str(path)
 
 
-def read_json(path: Path, name: str, problems: list[Problem]) -> Any | None:
+def read_json(path: Path, name: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """The file's JSON object without its comment keys, or None (the reason in problems)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        problems.append(Problem(name, "", "file not found"))
-        return None
-    except OSError as e:
-        problems.append(Problem(name, "", f"cannot read ({e.strerror})"))
-        return None
-    try:
-        return strip_comments(json.loads(text))
-    except json.JSONDecodeError as e:
-        where = f"line {e.lineno} column {e.colno}"
-        problems.append(Problem(name, "", f"not valid JSON: {e.msg} at {where}"))
+        return strip_comments(read_object(path))  # type: ignore[no-any-return]
+    except FileRefused as e:
+        problems.extend([Problem(name, p, m) for p, m in e.problems]
+                        or [Problem(name, "", str(e))])
         return None
 
 
@@ -70,15 +64,26 @@ def load_model(model: type[M], path: Path, name: str, problems: list[Problem]) -
     return None if data is None else validate(model, data, name, problems)
 
 
-def load_scenario(path: Path, name: str, problems: list[Problem]) -> Scenario | None:
+def _read_scenario(path: Path, name: str, problems: list[Problem]) -> Scenario | None:
+    """The scenario, also when its batteryStatus ranges have gaps or overlaps (added to
+    `problems`): the rules with hwConfig.json can still be judged."""
     data = read_json(path, name, problems)
     if data is None:
         return None
     try:
-        return Scenario.from_json(data)
+        scenario = Scenario.from_json(data)
     except ScenarioError as e:
         problems.extend(Problem(name, p, m) for p, m in e.problems)
         return None
+    problems.extend(Problem(name, p, m) for p, m in scenario.band_problems())
+    return scenario
+
+
+def load_scenario(path: Path, name: str, problems: list[Problem]) -> Scenario | None:
+    """The scenario if it breaks none of its own rules, else None (problems added)."""
+    before = len(problems)
+    scenario = _read_scenario(path, name, problems)
+    return scenario if len(problems) == before else None
 
 
 @dataclass
@@ -126,31 +131,76 @@ def resolve(base: Path, file_path: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def load_unit(config_path: Path, root: Path | None, problems: list[Problem]) -> UnitFiles | None:
-    """Load config.json and the three files it names."""
-    name = display_name(config_path, root)
-    config = load_model(UnitConfig, config_path, name, problems)
-    if config is None:
-        return None
+# The names of the original single-unit layout, checked when config.json cannot tell.
+_SIBLINGS = (("hwConfigFile", "hwConfig.json"), ("policyFile", "policy.json"),
+             ("scenarioFile", "scenario.json"))
+
+
+def _named_files(
+    config_path: Path, data: Any, config: UnitConfig | None
+) -> list[Path | None]:
+    """The hwConfig, policy and scenario files config.json names. Without a valid config.json
+    they are still checked: the name it gives if it is a string, else the file of the
+    original name beside it, if there is one."""
     base = config_path.parent
-    hw_path = resolve(base, config.hw_config_file)
-    policy_path = resolve(base, config.policy_file)
-    scenario_path = resolve(base, config.scenario_file)
-    hw = load_model(HwConfig, hw_path, display_name(hw_path, root), problems)
-    policy = load_model(Policy, policy_path, display_name(policy_path, root), problems)
-    scenario = load_scenario(scenario_path, display_name(scenario_path, root), problems)
-    if hw is None or policy is None or scenario is None:
+    if config is not None:
+        return [resolve(base, f) for f in
+                (config.hw_config_file, config.policy_file, config.scenario_file)]
+    found: list[Path | None] = []
+    for key, sibling in _SIBLINGS:
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, str) and value:
+            found.append(resolve(base, value))
+        else:
+            found.append(base / sibling if present(base / sibling) else None)
+    return found
+
+
+def _unit_files(
+    config_path: Path, root: Path | None, problems: list[Problem]
+) -> UnitFiles | None:
+    """Load config.json and the three files it names, each judged by its own rules even
+    when another is wrong. The UnitFiles when all four could be read into models (their
+    batteryStatus gaps may still be among `problems`), else None."""
+    name = display_name(config_path, root)
+    data = read_json(config_path, name, problems)
+    config = None if data is None else validate(UnitConfig, data, name, problems)
+    hw_path, policy_path, scenario_path = _named_files(config_path, data, config)
+    hw = policy = scenario = None
+    if hw_path is not None:
+        hw = load_model(HwConfig, hw_path, display_name(hw_path, root), problems)
+    if policy_path is not None:
+        policy = load_model(Policy, policy_path, display_name(policy_path, root), problems)
+    if scenario_path is not None:
+        scenario = _read_scenario(scenario_path, display_name(scenario_path, root), problems)
+    if (config is None or hw_path is None or hw is None or policy_path is None
+            or policy is None or scenario_path is None or scenario is None):
         return None
     return UnitFiles(config_path, config, hw_path, hw, policy_path, policy, scenario_path, scenario)
+
+
+def load_unit(config_path: Path, root: Path | None, problems: list[Problem]) -> UnitFiles | None:
+    """Load config.json and the three files it names; None if any breaks its own rules
+    (every problem of every file added to `problems`). The rules across files are
+    load_cluster_files'."""
+    before = len(problems)
+    files = _unit_files(config_path, root, problems)
+    return files if len(problems) == before else None
+
+
+def present(path: Path) -> bool:
+    """Something other than a directory is at `path` (a FIFO or a dangling link too: the
+    reader says what is wrong with it)."""
+    return os.path.lexists(path) and not path.is_dir()
 
 
 def find_unit_configs(directory: Path) -> list[Path]:
     """config.json in the directory and in each direct sub-directory, sorted."""
     found = []
-    if (directory / "config.json").is_file():
+    if present(directory / "config.json"):
         found.append(directory / "config.json")
     for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
-        if (sub / "config.json").is_file():
+        if present(sub / "config.json"):
             found.append(sub / "config.json")
     return found
 
@@ -160,7 +210,10 @@ def load_cluster(directory: Path | str) -> Cluster:
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError([Problem(str(root), "", "not a directory")])
-    configs = find_unit_configs(root)
+    try:
+        configs = find_unit_configs(root)
+    except OSError as e:
+        raise ConfigError([Problem(str(root), "", f"cannot list ({e.strerror})")]) from None
     if not configs:
         raise ConfigError(
             [Problem(str(root), "", "no config.json here or in any sub-directory")]
@@ -174,21 +227,24 @@ def load_cluster_files(
     from apis.config.rules import check_cluster
 
     problems: list[Problem] = []
-    units = [u for p in config_paths if (u := load_unit(p, root, problems)) is not None]
-    if grid_path is None and root is not None and (root / "grid.json").is_file():
+    loaded = [_unit_files(p, root, problems) for p in config_paths]
+    if grid_path is None and root is not None and present(root / "grid.json"):
         grid_path = root / "grid.json"
     grid: GridConfig | None = None
     if grid_path is not None:
         grid = load_model(GridConfig, grid_path, display_name(grid_path, root), problems)
-    if problems or not units:
+    units = [u for u in loaded if u is not None]
+    if len(units) < len(loaded) or not units or (grid_path is not None and grid is None):
         # Units that share a file would report its problems once each.
         raise ConfigError(list(dict.fromkeys(problems)))
     if grid is None:
         grid = GridConfig.single_bus(u.unit_id for u in units)
     cluster = Cluster(root, units, units[0].policy, grid, grid_path)
+    # Every file could be read into its model: the rules across files can be judged.
     errors, warnings = check_cluster(cluster)
-    if errors:
-        raise ConfigError(errors)
+    problems.extend(errors)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
     cluster.warnings = warnings
     return cluster
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from apis.config.base import ConfigModel
+from apis.config.base import ConfigModel, rule
 
 OperationMode = Literal["autonomous", "heteronomous", "stop", "manual"]
 UnitSide = Literal["chargeUnit", "dischargeUnit"]
@@ -16,11 +16,11 @@ class VoltageRange(ConfigModel):
     min: float
     max: float
 
-    @model_validator(mode="after")
-    def _ordered(self) -> VoltageRange:
+    @rule
+    def _ordered(self) -> list[str]:
         if self.min >= self.max:
-            raise ValueError(f"min = {self.min:g} (must be < max = {self.max:g})")
-        return self
+            return [f"min = {self.min:g} (must be < max = {self.max:g})"]
+        return []
 
 
 class GridTopologyBasedEvaluation(ConfigModel):
@@ -31,27 +31,28 @@ class GridTopologyBasedEvaluation(ConfigModel):
     branch_association: dict[str, Any] = {}
     branch_current_capacity_a: dict[str, Any] = {}
 
-    @model_validator(mode="after")
-    def _branches(self) -> GridTopologyBasedEvaluation:
+    @rule
+    def _branches(self) -> list[str]:
         if not self.enabled:
-            return self
+            return []
+        broken = []
         for branch in self.branch_ids:
             assoc = self.branch_association.get(branch)
             if not isinstance(assoc, dict):
-                raise ValueError(
+                broken.append(
                     f"branchAssociation.{branch} = {assoc!r} "
                     "(must be an object with forwardUnitIds and backwardUnitIds)"
                 )
-            for side in ("forwardUnitIds", "backwardUnitIds"):
-                ids = assoc.get(side, [])
-                if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                    raise ValueError(
-                        f"branchAssociation.{branch}.{side} = {ids!r} (must be a list of unit IDs)"
-                    )
+            else:
+                for side in ("forwardUnitIds", "backwardUnitIds"):
+                    ids = assoc.get(side, [])
+                    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                        broken.append(f"branchAssociation.{branch}.{side} = {ids!r} "
+                                      "(must be a list of unit IDs)")
             cap = self.branch_current_capacity_a.get(branch)
             if isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0:
-                raise ValueError(f"branchCurrentCapacityA.{branch} = {cap!r} (must be > 0)")
-        return self
+                broken.append(f"branchCurrentCapacityA.{branch} = {cap!r} (must be > 0)")
+        return broken
 
     def branch_units(self, branch: str) -> tuple[list[str], list[str]]:
         assoc = self.branch_association.get(branch) or {}
@@ -116,19 +117,19 @@ class DealPolicy(ConfigModel):
     amount_max_wh: int = Field(50, gt=0)
     amount_unit_wh: int = Field(50, gt=0)
 
-    @model_validator(mode="after")
-    def _amounts(self) -> DealPolicy:
+    @rule
+    def _min_within_max(self) -> list[str]:
         if self.amount_min_wh > self.amount_max_wh:
-            raise ValueError(
-                f"amountMinWh = {self.amount_min_wh} (must be <= amountMaxWh = "
-                f"{self.amount_max_wh})"
-            )
+            return [f"amountMinWh = {self.amount_min_wh} (must be <= amountMaxWh = "
+                    f"{self.amount_max_wh})"]
+        return []
+
+    @rule
+    def _max_holds_a_unit(self) -> list[str]:
         if self.amount_max_wh < self.amount_unit_wh:
-            raise ValueError(
-                f"amountMaxWh = {self.amount_max_wh} (must be >= amountUnitWh = "
-                f"{self.amount_unit_wh}, or no deal can ever be made)"
-            )
-        return self
+            return [f"amountMaxWh = {self.amount_max_wh} (must be >= amountUnitWh = "
+                    f"{self.amount_unit_wh}, or no deal can ever be made)"]
+        return []
 
 
 class MediatorPolicy(ConfigModel):
@@ -219,21 +220,24 @@ class Policy(ConfigModel):
     mediator: MediatorPolicy = MediatorPolicy()
     grid_master: GridMasterPolicy = GridMasterPolicy()
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Policy:
+    @rule
+    def _unique_members(self) -> list[str]:
         ids = self.member_unit_ids
         if len(set(ids)) != len(ids):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
-            raise ValueError(f"memberUnitIds = {ids} (must be unique; repeated: {dupes})")
+            return [f"memberUnitIds = {ids} (must be unique; repeated: {dupes})"]
+        return []
+
+    @rule
+    def _operation_voltage_in_range(self) -> list[str]:
         r = self.operation_grid_voltage_v_range
         if not (r.min <= self.operation_grid_voltage_v <= r.max):
-            raise ValueError(
-                f"operationGridVoltageV = {self.operation_grid_voltage_v:g} "
-                f"(must be within operationGridVoltageVRange {r.min:g}..{r.max:g})"
-            )
-        for unit in self.large_capacity_unit_ids:
-            if unit not in ids:
-                raise ValueError(
-                    f"largeCapacityUnitIds: {unit!r} (must be one of memberUnitIds {ids})"
-                )
-        return self
+            return [f"operationGridVoltageV = {self.operation_grid_voltage_v:g} "
+                    f"(must be within operationGridVoltageVRange {r.min:g}..{r.max:g})"]
+        return []
+
+    @rule
+    def _large_units_are_members(self) -> list[str]:
+        ids = self.member_unit_ids
+        return [f"largeCapacityUnitIds: {unit!r} (must be one of memberUnitIds {ids})"
+                for unit in self.large_capacity_unit_ids if unit not in ids]

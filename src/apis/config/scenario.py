@@ -9,14 +9,16 @@ capacity in Wh -> status name), `request` and `accept` tables, and optionally it
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
-from apis.config.base import ConfigModel
+from apis.config.base import ConfigModel, rule
+from apis.config.errors import show_value
 
 Direction = Literal["charge", "discharge"]
 WINDOW_KEY = re.compile(r"^(\d\d:\d\d:\d\d)-(\d\d:\d\d:\d\d)$")
@@ -32,7 +34,9 @@ class AcceptSelection(ConfigModel):
 class DealRule(ConfigModel):
     """One `request.<status>.<direction>` or `accept.<status>.<direction>` entry."""
 
-    limit_wh: float  # charge up to / discharge down to this remaining capacity
+    # Charge up to / discharge down to this remaining capacity (at most the battery's:
+    # a rule with hwConfig.json).
+    limit_wh: float = Field(ge=0)
     point_per_wh: float | None = None
     pair_unit_id: str | None = None
 
@@ -83,17 +87,15 @@ class ScenarioBlock(ConfigModel):
             parse_range_key(key)
         return value
 
-    @model_validator(mode="after")
-    def _known_statuses(self) -> ScenarioBlock:
+    @rule
+    def _known_statuses(self) -> list[str]:
         names = set(self.battery_status.values())
-        for table_name, table in (("request", self.request), ("accept", self.accept)):
-            for status in table:
-                if status not in names:
-                    raise ValueError(
-                        f"{table_name}.{status} (status must be one of batteryStatus values "
-                        f"{sorted(names)})"
-                    )
-        return self
+        return [
+            f"{table_name}.{status} (status must be one of batteryStatus values {sorted(names)})"
+            for table_name, table in (("request", self.request), ("accept", self.accept))
+            for status in table
+            if status not in names
+        ]
 
     @cached_property
     def ranges(self) -> tuple[StatusRange, ...]:
@@ -102,6 +104,23 @@ class ScenarioBlock(ConfigModel):
             StatusRange(*parse_range_key(key), status)
             for key, status in self.battery_status.items()
         )
+
+    def band_problems(self) -> list[tuple[str, str]]:
+        """The batteryStatus ranges, sorted, must join without gap or overlap from 0 Wh up
+        (whether they reach the capacity is a rule with hwConfig.json): (path, message)."""
+        problems: list[tuple[str, str]] = []
+        ranges = sorted(self.ranges, key=lambda r: -1e300 if r.lower is None else r.lower)
+        low = ranges[0].lower
+        if low is not None and low > 0:
+            problems.append(("batteryStatus",
+                             f"(ranges start at {low:g} Wh; 0..{low:g} Wh is uncovered)"))
+        for a, b in itertools.pairwise(ranges):
+            if a.upper is None or (b.lower is not None and b.lower < a.upper):
+                problems.append(("batteryStatus", f"(ranges {a.key!r} and {b.key!r} overlap)"))
+            elif b.lower is not None and b.lower > a.upper:
+                problems.append(("batteryStatus", f"(ranges {a.key!r} and {b.key!r} leave "
+                                                  f"{a.upper:g}..{b.lower:g} Wh uncovered)"))
+        return problems
 
     def status_of(self, remaining_wh: float) -> str | None:
         """The first range (file order) that holds `remaining_wh`, or None."""
@@ -156,6 +175,11 @@ class Scenario:
             return block.accept_selection
         return self.accept_selection
 
+    def band_problems(self) -> list[tuple[str, str]]:
+        """Every window's batteryStatus gaps and overlaps: (path, message)."""
+        return [(f"{w.key}.{path}", message)
+                for w in self.windows for path, message in w.block.band_problems()]
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "refreshingPeriodMsec": self.refreshing_period_msec,
@@ -174,7 +198,8 @@ class Scenario:
             raise ScenarioError([("", f"top level = {type(data).__name__} (must be an object)")])
         period = data.get("refreshingPeriodMsec", 5000)
         if isinstance(period, bool) or not isinstance(period, int) or period <= 0:
-            problems.append(("refreshingPeriodMsec", f"= {period!r} (must be an integer > 0)"))
+            problems.append(("refreshingPeriodMsec",
+                             f"= {show_value(period)} (must be an integer > 0)"))
             period = 5000
         selection = AcceptSelection()
         if "acceptSelection" in data:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from apis.config.base import ConfigModel
+from apis.config.base import ConfigModel, rule
 
 SystemType = Literal["dcdc_emulator", "dcdc_v1", "dcdc_v2"]
 
@@ -56,11 +56,11 @@ class BusTls(ConfigModel):
     cert_file: str | None = None
     key_file: str | None = None
 
-    @model_validator(mode="after")
-    def _pair(self) -> BusTls:
+    @rule
+    def _pair(self) -> list[str]:
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("certFile and keyFile (give both or neither)")
-        return self
+            return ["certFile and keyFile (give both or neither)"]
+        return []
 
 
 class BusConfig(ConfigModel):
@@ -76,21 +76,24 @@ class BusConfig(ConfigModel):
     password: str | None = None
     creds_file: str | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> BusConfig:
+    @rule
+    def _schemes(self) -> list[str]:
+        broken = []
         for url in self.servers:
             scheme = url.split("://", 1)[0] if "://" in url else ""
             if scheme not in ("nats", "tls"):
-                raise ValueError(f"servers: {url!r} (must start with nats:// or tls://)")
-            if self.tls is not None and scheme != "tls":
-                raise ValueError(
-                    f"servers: {url!r} is plain but tls is configured (use tls://)"
-                )
+                broken.append(f"servers: {url!r} (must start with nats:// or tls://)")
+            elif self.tls is not None and scheme != "tls":
+                broken.append(f"servers: {url!r} is plain but tls is configured (use tls://)")
+        return broken
+
+    @rule
+    def _one_way_to_authenticate(self) -> list[str]:
         if (self.user is None) != (self.password is None):
-            raise ValueError("user and password (give both or neither)")
+            return ["user and password (give both or neither)"]
         if self.user is not None and self.creds_file is not None:
-            raise ValueError("user/password and credsFile (give one way to authenticate)")
-        return self
+            return ["user/password and credsFile (give one way to authenticate)"]
+        return []
 
 
 class UnitConfig(ConfigModel):
@@ -115,17 +118,14 @@ class UnitConfig(ConfigModel):
     battery_capacity_management: BatteryCapacityManagement = BatteryCapacityManagement()
     bus: BusConfig | None = None  # ours: the NATS servers (None: the in-memory bus or defaults)
 
-    @model_validator(mode="before")
     @classmethod
-    def _no_encrypted(cls, data: object) -> object:
-        if isinstance(data, dict):
-            for key in data:
-                if isinstance(key, str) and key.endswith(".encrypted"):
-                    raise ValueError(
-                        f"{key} (encrypted values are not supported; store the plain value "
-                        f"under {key.removesuffix('.encrypted')!r} and protect the file instead)"
-                    )
-        return data
+    def refused_keys(cls, data: dict[Any, Any]) -> dict[Any, str]:
+        return {
+            key: f"{key} (encrypted values are not supported; store the plain value "
+                 f"under {key.removesuffix('.encrypted')!r} and protect the file instead)"
+            for key in data
+            if isinstance(key, str) and key.endswith(".encrypted")
+        }
 
     @property
     def display_name(self) -> str:

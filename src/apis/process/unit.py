@@ -16,8 +16,8 @@ from pathlib import Path
 
 from apis.bus.base import BusError
 from apis.bus.nats import NatsBus
-from apis.config.errors import Problem
-from apis.config.loader import load_unit, resolve
+from apis.config.errors import ConfigError
+from apis.config.loader import load_cluster_files, resolve
 from apis.config.unitconfig import BusConfig
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,12 @@ async def run_unit(config_path: Path) -> str:
     from apis.unit.driverfactory import UnsupportedSystemType, driver_from_config
     from apis.unit.node import StartupFailed, Unit
 
-    problems: list[Problem] = []
-    files = load_unit(config_path, None, problems)
-    if files is None:
-        raise UnitRefused("; ".join(str(p) for p in problems) or f"{config_path}: unreadable")
+    try:
+        # The loader of `apis config check`: the same problems, every one at once.
+        files = load_cluster_files([config_path]).units[0]
+    except ConfigError as e:
+        lines = "".join(f"\n  {p}" for p in e.problems)
+        raise UnitRefused(f"{len(e.problems)} configuration problem(s):{lines}") from None
     config = files.config
     try:
         driver = driver_from_config(config, files.policy)

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from apis.hardware import eza2500 as eza
 from apis.hardware import modbus
 from apis.hardware.converter import ConverterSettings
 from apis.hardware.driver import CommandLimits
@@ -134,6 +135,8 @@ async def test_changes_apis_never_makes_are_refused(
 
 
 async def test_current_and_voltage_only(rig: Rig) -> None:
+    # Another unit's converter holds the grid, so the charge current can flow.
+    ConverterModel(grid=rig.converter.grid, mode=CV, dvg=350.0)
     await reach(rig, CHG)
     rig.rig.converter_twin.received.clear()
     status, body = await rig.get("/dcdc/set?dig=2")
@@ -202,6 +205,22 @@ async def test_modbus_twin_exception_codes(rig: Rig) -> None:
     reply = twin.answer(modbus.with_crc(bytes.fromhex("01 03 00 1D 00 02")))
     assert reply == modbus.encode_exception_reply(1, 0x03, 1)
     assert await battery.read_registers(0x270E, 1) == [0]
+
+
+async def test_a_lone_converter_sees_a_dead_grid(rig: Rig) -> None:
+    status, body = await rig.get("/dcdc/get")
+    assert status == 200 and body["meter"]["vg"] == 0.0  # nothing holds the grid up
+    await reach(rig, CV)
+    status, body = await rig.get("/dcdc/get")
+    assert body["meter"]["vg"] == pytest.approx(350, abs=0.03)
+
+
+async def test_a_converter_at_another_address_stays_silent(rig: Rig) -> None:
+    rig.rig.converter_twin.address = eza.Address(1, 16)  # the driver talks to AD1=0 AD2=16
+    status, body = await rig.get("/dcdc/get")
+    assert status == 400
+    assert "1-1 to AD1=0 AD2=16: read timeout after 4 attempts" in body["err"], body
+    assert rig.rig.converter_twin.received == [] and rig.rig.converter_twin.ignored == 4
 
 
 async def test_converter_checksum_silence_nak(rig: Rig) -> None:

@@ -85,8 +85,8 @@ class Eza2500Converter:
                     timeouts += 1
                     if timeouts > s.timeout_retries:
                         raise eza.EzaTimeout(
-                            f"{self._name(command, write)}: read timeout after {timeouts} "
-                            f"attempts ({error})"
+                            f"{self._name(command, write)} to {self._address()}: read timeout "
+                            f"after {timeouts} attempts ({error})"
                         ) from None
                 except eza.EzaNak as error:
                     if not error.retryable:
@@ -104,6 +104,10 @@ class Eza2500Converter:
                             f"{self._name(command, write)}: {error} ({errors} attempts)"
                         ) from None
                 await asyncio.sleep(s.retry_wait_s)
+
+    def _address(self) -> str:
+        a = self.settings.address
+        return f"AD1={a.ad1} AD2={a.ad2}"
 
     @staticmethod
     def _name(command: eza.Command, write: bool) -> str:

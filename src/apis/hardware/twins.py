@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import struct
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from apis.hardware import eza2500 as eza
@@ -113,12 +113,29 @@ class ModbusBatteryTwin:
 # --- the converter ----------------------------------------------------------------------------
 
 
+class TwinGrid:
+    """The DC grid the converter twins of one rig share.
+
+    Its voltage is what a converter in CV (`VOLTAGE_REFERENCE`) on it holds; with none, the
+    grid is dead (0 V). A lone twin is on a grid of its own.
+    """
+
+    def __init__(self) -> None:
+        self.converters: list[ConverterModel] = []
+
+    def voltage(self) -> float:
+        for converter in self.converters:
+            if int(converter.mode) == ConverterMode.VOLTAGE_REFERENCE:
+                return converter.dvg
+        return 0.0
+
+
 @dataclass
 class ConverterModel:
     """A converter as its registers see it: set-points in, meters computed from them.
 
-    `grid_voltage` is what the rest of the grid holds when this converter is not the voltage
-    reference. Values are in engineering units (V, A, W, °C).
+    The grid voltage is the one its `grid` holds (0 V unless a CV converter is on it); a CC
+    converter on a dead grid moves no current. Values are in engineering units (V, A, W, °C).
     """
 
     mode: int = ConverterMode.WAITING
@@ -143,15 +160,18 @@ class ConverterModel:
     alm1: float = 0
     alm2: float = 0
     alm3: float = 0
-    grid_voltage: float = 350.0
     battery_voltage: float = 51.2
     temperature: float = 30.0
     loss_w: float = 20.0
+    grid: TwinGrid = field(default_factory=TwinGrid, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.grid.converters.append(self)
 
     def meter(self) -> dict[str, float]:
         mode = int(self.mode)
-        vg = self.dvg if mode == ConverterMode.VOLTAGE_REFERENCE else self.grid_voltage
-        ig = {0x0041: self.dig, 0x0002: -self.dig}.get(mode, 0.0)
+        vg = self.grid.voltage()
+        ig = {0x0041: self.dig, 0x0002: -self.dig}.get(mode, 0.0) if vg > 0 else 0.0
         wg = vg * ig
         wb = wg - self.loss_w if mode != ConverterMode.WAITING else -self.loss_w / 4
         return {"vg": vg, "ig": ig, "vb": self.battery_voltage, "ib": wb / self.battery_voltage,
@@ -191,6 +211,7 @@ class Eza2500Twin:
         self.faults: deque[str] = deque()
         self.received: list[str] = []
         self.refused_values: list[str] = []
+        self.ignored = 0  # frames for other addresses
 
     def _values(self, command: eza.Command) -> dict[str, int]:
         if command is eza.METER:
@@ -204,6 +225,11 @@ class Eza2500Twin:
                 for f in command.fields}
 
     def answer(self, frame: eza.Frame) -> bytes | None:
+        """The reply to one request frame; None (silence) for a frame addressed to another
+        converter on the line, as a real one on a shared RS485 bus."""
+        if (frame.ad1, frame.ad2) != (self.address.ad1, self.address.ad2):
+            self.ignored += 1
+            return None
         command = eza.COMMANDS_BY_CMD.get(frame.cmd)
         if command is None:
             return eza.encode_nak(frame.cmd, eza.ERCD_NOT_SUPPORTED, self.address)

@@ -22,9 +22,9 @@ import ipaddress
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -184,6 +184,9 @@ class RequestGuard:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self._host_problem(scope) is not None:
+            await send({"type": "websocket.close", "code": 1008})  # policy violation
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -244,7 +247,7 @@ class RequestGuard:
             await self._refuse(send, 413, f"request body over {limit} bytes (the limit)")
 
 
-def guard(app: Any, policy: GuardPolicy) -> None:
+def guard(app: Starlette, policy: GuardPolicy) -> None:
     """Add `RequestGuard` with `policy` to a Starlette/FastAPI `app`, outermost of its
     middleware (add it after any other)."""
     app.add_middleware(RequestGuard, policy=policy)

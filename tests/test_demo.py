@@ -17,7 +17,10 @@ def test_demo_one_hour_at_speed_1000_completes_a_deal_and_serves_the_ui() -> Non
     )
     out = " ".join(result.stdout.split())  # the terminal view wraps long lines
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"operations UI: http://127\.0\.0\.1:\d+/#token=\S+", out), out
+    # A one-time login link, never the token itself.
+    assert re.search(r"operations UI: http://127\.0\.0\.1:\d+/#login=\S+ \(one-time login link\)",
+                     out), out
+    assert "token=" not in out, out
     completed = re.search(r"completed deals: (\d+)", out)
     assert completed is not None, out
     assert int(completed.group(1)) >= 1, out

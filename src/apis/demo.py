@@ -202,7 +202,9 @@ async def _web_ui(
         console.print(f"{e}; using a free port instead")
         server.port = 0
         await server.start()
-    console.print(f"operations UI: {server.url_with_token}", soft_wrap=True)
+    # A one-time login link: the page trades its code for the control token, which is never
+    # printed (the address alone opens the page read only).
+    console.print(f"operations UI: {server.login_url()} (one-time login link)", soft_wrap=True)
     try:
         yield
     finally:

@@ -23,12 +23,12 @@ async def test_conflicts_route_reports_two_stiff_voltage_references() -> None:
             quiet = (await c.get("/get/conflicts")).json()
             assert quiet == {"active": False, "voltageConflicts": [], "droopParallels": []}
             for unit in ("E001", "E002"):
-                r = await c.get(f"/set/dcdc/{unit}", params={"mode": "0x0014", "dvg": 350, "drg": 0,
-                                                              "dig": 2})
+                r = await c.post(f"/set/dcdc/{unit}",
+                                 params={"mode": "0x0014", "dvg": 350, "drg": 0, "dig": 2})
                 assert r.status_code == 200
             await asyncio.sleep(0.5)
             fight = (await c.get("/get/conflicts")).json()
-            await c.get("/set/dcdc/E002", params={"mode": "0x0000", "dvg": 350, "dig": 0})
+            await c.post("/set/dcdc/E002", params={"mode": "0x0000", "dvg": 350, "dig": 0})
             await asyncio.sleep(0.3)
             after = (await c.get("/get/conflicts")).json()
         stepping.cancel()

@@ -103,7 +103,7 @@ async def test_emulator_scenario_26_battery_integration(
     full battery with PV above consumption stays at 100 % and curtails PV; RSOC never goes
     below 0.
     """
-    r = await client.get("/set/emu/E001", params={"ups_output_power": 350, "pvc_charge_power": 0})
+    r = await client.post("/set/emu/E001", params={"ups_output_power": 350, "pvc_charge_power": 0})
     assert r.status_code == 200
     emu = (await client.get("/get/emu/E001")).json()
     standby = ConverterModel().standby_loss_w
@@ -115,13 +115,13 @@ async def test_emulator_scenario_26_battery_integration(
     assert drop == pytest.approx((350.0 + standby) * 10 / 3600 / 4800 * 100, rel=1e-9)
     assert drop == pytest.approx(0.0205, abs=1e-4)
     # Full battery, PV above consumption: stays at 100 %, PV is curtailed to consumption.
-    await client.get("/set/emu/E001", params={"rsoc": 100, "pvc_charge_power": 2000})
+    await client.post("/set/emu/E001", params={"rsoc": 100, "pvc_charge_power": 2000})
     world.advance(60)
     emu = (await client.get("/get/emu/E001")).json()
     assert emu["rsoc"] == 100.0
     assert emu["pvc_charge_power"] == pytest.approx(350.0 + standby)
     # Empty battery: RSOC stays at 0 (the deficit is bought from the mains).
-    await client.get("/set/emu/E002", params={"rsoc": 0.001, "ups_output_power": 3000})
+    await client.post("/set/emu/E002", params={"rsoc": 0.001, "ups_output_power": 3000})
     world.advance(600)
     assert float(world.rsoc[1]) == 0.0
     assert float(world.rsoc.min()) >= 0.0
@@ -146,11 +146,11 @@ async def test_emulator_scenario_27_grid_balance() -> None:
 
 async def _grid_balance(client: httpx.AsyncClient, world: World) -> None:
     model = ConverterModel()
-    ok = await client.get("/set/dcdc/E001", params={"mode": "0x0014", "dvg": 350, "dig": 2.3})
+    ok = await client.post("/set/dcdc/E001", params={"mode": "0x0014", "dvg": 350, "dig": 2.3})
     assert ok.status_code == 200
     world.advance(15)  # past the ramp
-    await client.get("/set/dcdc/E002", params={"mode": "0x0002", "dvg": 350, "dig": 2})
-    await client.get("/set/dcdc/E003", params={"mode": "0x0041", "dvg": 350, "dig": 2})
+    await client.post("/set/dcdc/E002", params={"mode": "0x0002", "dvg": 350, "dig": 2})
+    await client.post("/set/dcdc/E003", params={"mode": "0x0041", "dvg": 350, "dig": 2})
     world.advance(5)
     units = await _log(client)
     e1, e2, e3 = (units[u]["dcdc"]["meter"] for u in ("E001", "E002", "E003"))
@@ -163,12 +163,12 @@ async def _grid_balance(client: httpx.AsyncClient, world: World) -> None:
     for meter in (e1, e2, e3):
         loss = float(model.loss_w(np.array([meter["wg"]]), np.array([True]))[0])
         assert meter["wb"] == pytest.approx(meter["wg"] - loss, abs=1e-6)
-    r = await client.get("/set/dcdc/current/E002", params={"dig": 3})
+    r = await client.post("/set/dcdc/current/E002", params={"dig": 3})
     assert r.status_code == 200
     world.advance(5)
     unit = (await client.get("/get/unit/E001")).json()
     assert unit["dcdc"]["meter"]["ig"] == pytest.approx(1.0, abs=1e-6)
-    await client.get("/set/dcdc/E001", params={"mode": "0x0000", "dvg": 350, "dig": 0})
+    await client.post("/set/dcdc/E001", params={"mode": "0x0000", "dvg": 350, "dig": 0})
     world.advance(1)
     units = await _log(client)
     assert all(u["dcdc"]["meter"]["vg"] == 0 for u in units.values())
@@ -183,7 +183,7 @@ async def test_emulator_scenario_28_ramp(client: httpx.AsyncClient, world: World
     depends on acc (and which jumps at once when acc > 120). A converter model with a faster
     ramp reaches the set-point in one step.
     """
-    await client.get("/set/dcdc/E001", params={"mode": "0x0014", "dvg": 350, "dig": 2.3})
+    await client.post("/set/dcdc/E001", params={"mode": "0x0014", "dvg": 350, "dig": 2.3})
     seen = []
     for _ in range(12):
         world.advance(1)
@@ -211,30 +211,30 @@ async def test_emulator_scenario_29_ups_thresholds() -> None:
 
 
 async def _ups_thresholds(client: httpx.AsyncClient, world: World) -> None:
-    await client.get("/set/emu/E001", params={"ups_output_power": 400})
+    await client.post("/set/emu/E001", params={"ups_output_power": 400})
     world.advance(10)
     unit = (await _log(client))["E001"]
     assert unit["emu"]["ups_operation_mode"]["mode"] == 2
     assert unit["dcdc"]["powermeter"]["p2"] == 0.0
-    await client.get("/set/emu/E001", params={"rsoc": 30})
+    await client.post("/set/emu/E001", params={"rsoc": 30})
     world.advance(10)
     unit = (await _log(client))["E001"]
     assert unit["emu"]["ups_operation_mode"]["mode"] == 5
     assert unit["dcdc"]["powermeter"]["p2"] == pytest.approx(400.0)
     # The mains serve the house: only the converter standby still drains the battery.
     assert unit["emu"]["charge_discharge_power"] == pytest.approx(4.5)
-    await client.get("/set/emu/E001", params={"rsoc": 20})
+    await client.post("/set/emu/E001", params={"rsoc": 20})
     world.advance(10)
     unit = (await _log(client))["E001"]
     assert unit["emu"]["ups_operation_mode"]["mode"] == 5
     assert unit["dcdc"]["powermeter"]["p2"] == pytest.approx(400.0 + 150.0)
     assert unit["emu"]["battery_current"] > 0  # charging from the mains
-    await client.get("/set/emu/E001", params={"rsoc": 32})  # hysteresis: still bypass
+    await client.post("/set/emu/E001", params={"rsoc": 32})  # hysteresis: still bypass
     world.advance(10)
     unit = (await _log(client))["E001"]
     assert unit["emu"]["ups_operation_mode"]["mode"] == 5
     assert unit["dcdc"]["powermeter"]["p2"] == pytest.approx(400.0)  # charging off at >= 25
-    await client.get("/set/emu/E001", params={"rsoc": 35})
+    await client.post("/set/emu/E001", params={"rsoc": 35})
     world.advance(10)
     unit = (await _log(client))["E001"]
     assert unit["emu"]["ups_operation_mode"]["mode"] == 2
@@ -265,7 +265,7 @@ async def test_emulator_scenario_30_bad_input_keeps_the_emulator_alive(
 ) -> None:
     """Unknown unit in any route: 404 JSON; bad mode or missing dvg: 400 JSON; the clock
     keeps advancing and /get/log answers within 1 s."""
-    r = await client.get(path, params=params)
+    r = await client.request("GET" if "/get" in path else "POST", path, params=params)
     assert r.status_code == status
     assert r.headers["content-type"].startswith("application/json")
     assert r.json()["err"]

@@ -50,7 +50,8 @@ class Rig:
         self.rig, self.http, self.battery, self.converter = rig, http, battery, converter
 
     async def get(self, url: str) -> tuple[int, dict[str, Any]]:
-        response = await self.http.get(url)
+        """A read as GET, a command (`/dcdc/set`) as POST."""
+        response = await self.http.request("POST" if "/set" in url else "GET", url)
         body = response.json()
         assert isinstance(body, dict)
         return response.status_code, body

@@ -15,9 +15,11 @@ from fastapi import FastAPI
 from apis.config.hwconfig import HwConfig
 from apis.hardware.driver import CommandLimits, CommandRefused, DeviceDriver, DriverError
 from apis.hardware.modes import ConverterMode
-from apis.hardware.webapi import DeviceDriverClient, create_driver_app
+from apis.hardware.webapi import MAX_BODY_BYTES, DeviceDriverClient, create_driver_app
+from apis.httpguard import HostNames
+from tests.rawhttp import SIXTY_MB, announce_body, endless_chunks, serving
 
-from .fakes import FakeDriver, wait_until
+from .fakes import AlarmFakeDriver, FakeDriver, wait_until
 
 HW_LIMITS = CommandLimits.from_hwconfig(HwConfig())  # dvg 260..380 V, dig 0..2.3 A
 
@@ -38,6 +40,14 @@ async def http(driver: FakeDriver) -> AsyncIterator[httpx.AsyncClient]:
 
 async def get(http: httpx.AsyncClient, url: str) -> tuple[int, dict[str, Any]]:
     response = await http.get(url)
+    body = response.json()
+    assert isinstance(body, dict)
+    return response.status_code, body
+
+
+async def post(http: httpx.AsyncClient, url: str) -> tuple[int, dict[str, Any]]:
+    """A command: POST with the values in the query, as the original sends them by GET."""
+    response = await http.post(url)
     body = response.json()
     assert isinstance(body, dict)
     return response.status_code, body
@@ -79,24 +89,24 @@ async def test_read_routes(http: httpx.AsyncClient) -> None:
 
 
 async def test_set_dispatch_and_cache(http: httpx.AsyncClient, driver: FakeDriver) -> None:
-    assert await get(http, "/dcdc/set?mode=0x0014") == (400, {"err": "No dig", "refused": True})
-    assert (await get(http, "/dcdc/set?dig=2"))[1]["err"] == "No operationMode"
-    assert (await get(http, "/dcdc/set?mode=0x0014&dig=2"))[1]["err"] == "No dvg"
-    assert (await get(http, "/dcdc/set?dvg=350"))[1]["err"] == "No operationMode"
+    assert await post(http, "/dcdc/set?mode=0x0014") == (400, {"err": "No dig", "refused": True})
+    assert (await post(http, "/dcdc/set?dig=2"))[1]["err"] == "No operationMode"
+    assert (await post(http, "/dcdc/set?mode=0x0014&dig=2"))[1]["err"] == "No dvg"
+    assert (await post(http, "/dcdc/set?dvg=350"))[1]["err"] == "No operationMode"
     assert driver.calls == []
-    status, body = await get(http, "/dcdc/set?mode=0x0014&dig=2&dvg=350")
+    status, body = await post(http, "/dcdc/set?mode=0x0014&dig=2&dvg=350")
     assert status == 200
     assert body["status"]["status"] == "0x0014"
     assert body["status"]["operationMode"] == "Grid Autonomy"
     assert body["vdis"] == {"dvg": 350.0, "drg": 0.0}
-    status, body = await get(http, "/dcdc/set?dig=1.5")
+    status, body = await post(http, "/dcdc/set?dig=1.5")
     assert status == 200 and set(body) == {"meter", "param"} and body["param"]["dig"] == 1.5
-    status, body = await get(http, "/dcdc/set?dvg=360&drg=0.1")
+    status, body = await post(http, "/dcdc/set?dvg=360&drg=0.1")
     assert status == 200 and set(body) == {"meter", "vdis"}
-    status, body = await get(http, "/dcdc/set?dvg=355")  # reuses the cached drg
+    status, body = await post(http, "/dcdc/set?dvg=355")  # reuses the cached drg
     assert body["vdis"] == {"dvg": 355.0, "drg": 0.1}
     # A full set with only the mode takes dvg, dig, drg from the cache.
-    assert (await get(http, "/dcdc/set?mode=0x0000"))[0] == 200
+    assert (await post(http, "/dcdc/set?mode=0x0000"))[0] == 200
     assert driver.calls == [
         ("set", (ConverterMode.VOLTAGE_REFERENCE, 350.0, 2.0, 0.0)),
         ("set_current", (1.5,)),
@@ -104,8 +114,8 @@ async def test_set_dispatch_and_cache(http: httpx.AsyncClient, driver: FakeDrive
         ("set_voltage", (355.0, 0.1)),
         ("set", (ConverterMode.WAITING, 355.0, 1.5, 0.1)),
     ]
-    assert (await get(http, "/essx/hello"))[1] == {"message": "hello world"}
-    assert (await get(http, "/dcdc/set?dig=1"))[1]["err"] == "No operationMode"
+    assert (await post(http, "/essx/hello"))[1] == {"message": "hello world"}
+    assert (await post(http, "/dcdc/set?dig=1"))[1]["err"] == "No operationMode"
 
 
 @pytest.mark.parametrize(
@@ -132,9 +142,9 @@ async def test_set_dispatch_and_cache(http: httpx.AsyncClient, driver: FakeDrive
 async def test_bad_queries_never_reach_the_converter(
     http: httpx.AsyncClient, driver: FakeDriver, query: str, needle: str
 ) -> None:
-    assert (await get(http, "/dcdc/set?mode=0x0000&dvg=350&dig=0"))[0] == 200
+    assert (await post(http, "/dcdc/set?mode=0x0000&dvg=350&dig=0"))[0] == 200
     driver.calls.clear()
-    status, body = await get(http, f"/dcdc/set?{query}")
+    status, body = await post(http, f"/dcdc/set?{query}")
     assert status == 400
     assert needle in body["err"]
     assert driver.calls == []
@@ -298,3 +308,120 @@ async def test_over_uvicorn(driver: FakeDriver) -> None:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
+
+
+# --- what the server refuses before a route sees the request ------------------------------
+
+
+@pytest.mark.parametrize("path", ["/dcdc/set?mode=0x0014&dvg=350&dig=2",
+                                  "/remote/set?mode=0x0014&dvg=350&dig=2",
+                                  "/remote/set/voltage?dvg=350", "/remote/set/current?dig=1",
+                                  "/essx/hello"])
+async def test_commands_by_get_only_with_legacy_get(driver: FakeDriver, path: str) -> None:
+    """A page can make a browser GET any URL (an image): commands are POST unless the
+    original apis-main's GET forms are asked for."""
+    app = create_driver_app(driver, HW_LIMITS)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://driver") as http:
+        await post(http, "/dcdc/set?mode=0x0000&dvg=350&dig=0")  # fills the set-point cache
+        driver.calls.clear()
+        r = await http.get(path)
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        assert "--legacy-get" in r.json()["err"] and path.split("?")[0] in r.json()["err"]
+        assert driver.calls == []
+        assert (await http.post(path)).status_code == 200
+    legacy = create_driver_app(driver, HW_LIMITS, legacy_get=True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=legacy),
+                                 base_url="http://driver") as http:
+        await http.get("/dcdc/set?mode=0x0000&dvg=350&dig=0")
+        r = await http.get(path)
+        assert r.status_code == 200, r.text
+        assert (await http.post(path)).status_code == 200
+
+
+async def test_clr_alarm_is_a_command_too() -> None:
+    driver = AlarmFakeDriver()
+    app = create_driver_app(driver, HW_LIMITS)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://driver") as http:
+        assert (await http.get("/remote/ioctl/clr_alarm")).status_code == 405
+        assert driver.calls == []
+        assert (await http.post("/remote/ioctl/clr_alarm")).status_code == 200
+        assert driver.calls == [("clear_alarm", ())]
+
+
+async def test_a_foreign_host_or_origin_is_refused_over_uvicorn(driver: FakeDriver) -> None:
+    """DNS rebinding (a page's own name resolving to 127.0.0.1) and pages of other sites."""
+    app = create_driver_app(driver, HW_LIMITS, legacy_get=True,
+                            allowed_hosts=HostNames.parse(["apis-box", "gw.example:8443"]))
+    command = "/dcdc/set?mode=0x0014&dvg=350&dig=2"
+    async with serving(app) as port, httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        refused = [
+            {"Host": f"rebound.example:{port}"},
+            {"Host": "127.0.0.1:1"},  # another port of this machine: another server
+            {"Origin": "http://evil.example"},
+            {"Origin": f"http://127.0.0.1:{port + 1}"},
+            {"Origin": "null"},
+            {"Sec-Fetch-Site": "cross-site"},  # <img src=...>: no Origin on a GET
+            {"Host": "gw.example:80"},
+        ]
+        for headers in refused:
+            for method in ("GET", "POST"):
+                r = await http.request(method, command, headers=headers)
+                assert r.status_code == 403, (headers, r.text)
+                value = next(iter(headers.values()))
+                assert repr(value) in r.json()["err"], r.json()
+        assert driver.calls == []
+        r = await http.post(command, headers={"Host": "evil.example"})
+        assert "allowed: 127.0.0.1:" in r.json()["err"] and "--allow-host" in r.json()["err"]
+        allowed = [
+            {}, {"Host": f"localhost:{port}"}, {"Origin": f"http://127.0.0.1:{port}"},
+            {"Origin": f"http://localhost:{port}", "Sec-Fetch-Site": "same-origin"},
+            {"Host": "apis-box:80"}, {"Host": "apis-box"}, {"Host": "gw.example:8443"},
+        ]
+        for headers in allowed:
+            r = await http.post(command, headers=headers)
+            assert r.status_code == 200, (headers, r.text)
+        assert len(driver.calls) == len(allowed)
+
+
+async def test_a_60_mb_body_is_refused_unread(driver: FakeDriver) -> None:
+    """413 at once, before the command route runs: the body is announced and never sent."""
+    async with serving(create_driver_app(driver, HW_LIMITS)) as port:
+        answer = await announce_body(port, "POST", "/dcdc/set?mode=0x0014&dvg=350&dig=2")
+        assert answer.status == 413
+        assert answer.json() == {"err": f"request body of {SIXTY_MB} bytes (the limit is "
+                                        f"{MAX_BODY_BYTES} bytes)"}
+        answer = await endless_chunks(port, "POST", "/dcdc/set?mode=0x0014&dvg=350&dig=2",
+                                      MAX_BODY_BYTES + 16 * 1024)
+        # The command route reads no body: answered without waiting for the end of it.
+        assert answer.status == 200
+        assert driver.calls == [("set", (ConverterMode.VOLTAGE_REFERENCE, 350.0, 2.0, 0.0))]
+
+
+async def test_client_sends_commands_as_post_and_learns_a_get_only_server() -> None:
+    seen: list[str] = []
+    get_only = False
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.url.path.endswith("/set") and request.method == "POST" and get_only:
+            return httpx.Response(405, headers={"Allow": "GET"}, text="Method Not Allowed")
+        if request.url.path == "/dcdc/get/status":
+            return httpx.Response(200, json={"status": {"status": "0x0041"}, "meter": {}})
+        return httpx.Response(200, json={"status": {"status": "0x0041"}, "meter": {},
+                                         "vdis": {}, "param": {}})
+
+    async with DeviceDriverClient("http://d", transport=httpx.MockTransport(handler)) as client:
+        await client.set(ConverterMode.CHARGE, 350.0, 1.0, 0.0)
+        await client.set_current(1.5)
+        await client.set_voltage(360.0, 0.0)
+        await client.read_converter()
+    assert seen == ["POST /dcdc/set"] * 3 + ["GET /dcdc/get/status"]
+    seen.clear()
+    get_only = True  # the original driver: Bottle answers POST with 405, Allow: GET
+    async with DeviceDriverClient("http://d", transport=httpx.MockTransport(handler)) as client:
+        await client.set(ConverterMode.CHARGE, 350.0, 1.0, 0.0)
+        await client.set_current(1.5)
+    assert seen == ["POST /dcdc/set", "GET /dcdc/set", "GET /dcdc/set"]

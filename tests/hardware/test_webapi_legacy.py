@@ -18,7 +18,7 @@ from apis.hardware.twins import ConverterModel, SimpleBattery
 from apis.hardware.webapi import create_driver_app
 
 from .fakes import AlarmFakeDriver, FakeDriver
-from .test_webapi import HW_LIMITS, get
+from .test_webapi import HW_LIMITS, get, post
 
 CV, W = ConverterMode.VOLTAGE_REFERENCE, ConverterMode.WAITING
 CHG, DIS = ConverterMode.CHARGE, ConverterMode.DISCHARGE
@@ -53,7 +53,7 @@ async def http(driver: FakeDriver) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_remote_get_is_dcdc_get_plus_zero_powermeter(http: httpx.AsyncClient) -> None:
-    assert (await get(http, "/dcdc/set?mode=0x0041&dvg=350&dig=1.25"))[0] == 200
+    assert (await post(http, "/dcdc/set?mode=0x0041&dvg=350&dig=1.25"))[0] == 200
     status, dcdc = await get(http, "/dcdc/get")
     assert status == 200
     status, remote = await get(http, "/remote/get")
@@ -105,7 +105,7 @@ async def test_log_data_follows_the_battery(http: httpx.AsyncClient, driver: Fak
 
 
 async def test_ioctl_get_is_log_data_plus_converter(http: httpx.AsyncClient) -> None:
-    assert (await get(http, "/dcdc/set?mode=0x0002&dvg=360&dig=2&drg=0.05"))[0] == 200
+    assert (await post(http, "/dcdc/set?mode=0x0002&dvg=360&dig=2&drg=0.05"))[0] == 200
     status, body = await get(http, "/remote/ioctl/get")
     assert status == 200
     assert set(body) == LOG_KEYS | {"status", "powermeter", "meter", "vdis", "param"}
@@ -136,21 +136,21 @@ async def test_remote_set_with_an_empty_cache_fails_as_a_full_set(
 ) -> None:
     # /dcdc/set?dig=1 would be a current-only set; /remote/set?dig=1 is a full set, so the
     # first missing value (the mode) is reported.
-    assert await get(http, "/remote/set?dig=1") == (
+    assert await post(http, "/remote/set?dig=1") == (
         400, {"err": "No operationMode", "refused": True})
     # /dcdc/set?dvg=350 would be voltage-only; here it is a full set lacking the mode.
-    assert (await get(http, "/remote/set?dvg=350"))[1]["err"] == "No operationMode"
-    assert (await get(http, "/remote/set?mode=0x0014"))[1]["err"] == "No dig"
-    assert (await get(http, "/remote/set?mode=0x0014&dig=1"))[1]["err"] == "No dvg"
-    assert (await get(http, "/remote/set?mode=0x0014&dig=1&drg=0.1"))[1]["err"] == "No dvg"
-    assert (await get(http, "/remote/set"))[1]["err"] == "No operationMode"
+    assert (await post(http, "/remote/set?dvg=350"))[1]["err"] == "No operationMode"
+    assert (await post(http, "/remote/set?mode=0x0014"))[1]["err"] == "No dig"
+    assert (await post(http, "/remote/set?mode=0x0014&dig=1"))[1]["err"] == "No dvg"
+    assert (await post(http, "/remote/set?mode=0x0014&dig=1&drg=0.1"))[1]["err"] == "No dvg"
+    assert (await post(http, "/remote/set"))[1]["err"] == "No operationMode"
     assert driver.calls == []
 
 
 async def test_remote_set_full_reply_and_default_drg(
     http: httpx.AsyncClient, driver: FakeDriver
 ) -> None:
-    status, body = await get(http, "/remote/set?mode=0x0014&dvg=350&dig=2")
+    status, body = await post(http, "/remote/set?mode=0x0014&dvg=350&dig=2")
     assert status == 200
     assert set(body) == {"status", "meter", "vdis", "param"}
     assert set(body["status"]) == {"status", "alarmState", "statusName", "alarm",
@@ -163,16 +163,16 @@ async def test_remote_set_full_reply_and_default_drg(
 
 
 async def test_remote_set_never_dispatches(http: httpx.AsyncClient, driver: FakeDriver) -> None:
-    assert (await get(http, "/remote/set?mode=0x0014&dvg=350&dig=2&drg=0.1"))[0] == 200
+    assert (await post(http, "/remote/set?mode=0x0014&dvg=350&dig=2&drg=0.1"))[0] == 200
     # Only dig: a full set with the cached mode, dvg and drg, and a full reply.
-    status, body = await get(http, "/remote/set?dig=1.5")
+    status, body = await post(http, "/remote/set?dig=1.5")
     assert status == 200 and set(body) == {"status", "meter", "vdis", "param"}
     assert body["param"]["dig"] == 1.5 and body["status"]["status"] == "0x0014"
     # Only dvg (and drg): a full set too.
-    status, body = await get(http, "/remote/set?dvg=360")
+    status, body = await post(http, "/remote/set?dvg=360")
     assert status == 200 and set(body) == {"status", "meter", "vdis", "param"}
     assert body["vdis"] == {"dvg": 360.0, "drg": 0.1}
-    assert (await get(http, "/remote/set?dvg=355&drg=0.2"))[0] == 200
+    assert (await post(http, "/remote/set?dvg=355&drg=0.2"))[0] == 200
     assert driver.calls == [
         ("set", (CV, 350.0, 2.0, 0.1)),
         ("set", (CV, 350.0, 1.5, 0.1)),
@@ -187,35 +187,35 @@ async def test_remote_set_never_dispatches(http: httpx.AsyncClient, driver: Fake
 async def test_remote_partial_sets_need_the_cache(
     http: httpx.AsyncClient, driver: FakeDriver
 ) -> None:
-    assert await get(http, "/remote/set/current?dig=1") == (
+    assert await post(http, "/remote/set/current?dig=1") == (
         400, {"err": "No operationMode", "refused": True})
-    assert (await get(http, "/remote/set/voltage?dvg=350"))[1]["err"] == "No operationMode"
-    assert (await get(http, "/remote/set/current"))[1]["err"] == "No dig"
-    assert (await get(http, "/remote/set/voltage?drg=0.1"))[1]["err"] == "No dvg"
+    assert (await post(http, "/remote/set/voltage?dvg=350"))[1]["err"] == "No operationMode"
+    assert (await post(http, "/remote/set/current"))[1]["err"] == "No dig"
+    assert (await post(http, "/remote/set/voltage?drg=0.1"))[1]["err"] == "No dvg"
     assert driver.calls == []
     # A cache with mode and dvg only (no dig) cannot come from a full set; after /essx/hello
     # the cache is empty again and both refuse.
-    assert (await get(http, "/remote/set?mode=0x0000&dvg=350&dig=0"))[0] == 200
-    assert (await get(http, "/essx/hello"))[0] == 200
-    assert (await get(http, "/remote/set/current?dig=1"))[1]["err"] == "No operationMode"
-    assert (await get(http, "/remote/set/voltage?dvg=350"))[1]["err"] == "No operationMode"
+    assert (await post(http, "/remote/set?mode=0x0000&dvg=350&dig=0"))[0] == 200
+    assert (await post(http, "/essx/hello"))[0] == 200
+    assert (await post(http, "/remote/set/current?dig=1"))[1]["err"] == "No operationMode"
+    assert (await post(http, "/remote/set/voltage?dvg=350"))[1]["err"] == "No operationMode"
     assert driver.calls == [("set", (W, 350.0, 0.0, 0.0))]
 
 
 async def test_remote_partial_sets_shapes_and_calls(
     http: httpx.AsyncClient, driver: FakeDriver
 ) -> None:
-    assert (await get(http, "/remote/set?mode=0x0041&dvg=350&dig=2&drg=0.1"))[0] == 200
-    status, body = await get(http, "/remote/set/current?dig=1.5")
+    assert (await post(http, "/remote/set?mode=0x0041&dvg=350&dig=2&drg=0.1"))[0] == 200
+    status, body = await post(http, "/remote/set/current?dig=1.5")
     assert status == 200 and set(body) == {"meter", "param"}
     assert body["param"]["dig"] == 1.5
     # Other parameters on the current-only route do not turn it into a full set.
-    status, body = await get(http, "/remote/set/current?dig=1.25&mode=0x0014&dvg=300")
+    status, body = await post(http, "/remote/set/current?dig=1.25&mode=0x0014&dvg=300")
     assert status == 200 and set(body) == {"meter", "param"}
-    status, body = await get(http, "/remote/set/voltage?dvg=360&drg=0.2")
+    status, body = await post(http, "/remote/set/voltage?dvg=360&drg=0.2")
     assert status == 200 and set(body) == {"meter", "vdis"}
     assert body["vdis"] == {"dvg": 360.0, "drg": 0.2}
-    status, body = await get(http, "/remote/set/voltage?dvg=365")  # cached drg
+    status, body = await post(http, "/remote/set/voltage?dvg=365")  # cached drg
     assert status == 200 and body["vdis"] == {"dvg": 365.0, "drg": 0.2}
     assert driver.calls == [
         ("set", (CHG, 350.0, 2.0, 0.1)),
@@ -235,21 +235,21 @@ async def test_cache_is_shared_between_remote_and_dcdc_routes(
     http: httpx.AsyncClient, driver: FakeDriver
 ) -> None:
     # A full set through /dcdc/set fills the cache /remote/set reads.
-    assert (await get(http, "/dcdc/set?mode=0x0014&dvg=350&dig=2&drg=0.1"))[0] == 200
-    assert (await get(http, "/remote/set?mode=0x0000"))[0] == 200
+    assert (await post(http, "/dcdc/set?mode=0x0014&dvg=350&dig=2&drg=0.1"))[0] == 200
+    assert (await post(http, "/remote/set?mode=0x0000"))[0] == 200
     # A current-only set through the alias updates the dig a /dcdc/set full set reuses.
-    assert (await get(http, "/remote/set/current?dig=0.5"))[0] == 200
-    assert (await get(http, "/dcdc/set?mode=0x0002"))[0] == 200
+    assert (await post(http, "/remote/set/current?dig=0.5"))[0] == 200
+    assert (await post(http, "/dcdc/set?mode=0x0002"))[0] == 200
     # A voltage-only /dcdc/set updates dvg and drg for /remote/set.
-    assert (await get(http, "/dcdc/set?dvg=340&drg=0.3"))[0] == 200
-    assert (await get(http, "/remote/set?mode=0x0041"))[0] == 200
+    assert (await post(http, "/dcdc/set?dvg=340&drg=0.3"))[0] == 200
+    assert (await post(http, "/remote/set?mode=0x0041"))[0] == 200
     # /remote/set/voltage updates the cache /dcdc/set's full set reads.
-    assert (await get(http, "/remote/set/voltage?dvg=330"))[0] == 200
-    assert (await get(http, "/dcdc/set?mode=0x0000"))[0] == 200
+    assert (await post(http, "/remote/set/voltage?dvg=330"))[0] == 200
+    assert (await post(http, "/dcdc/set?mode=0x0000"))[0] == 200
     # A full /remote/set fills the cache for a current-only /dcdc/set.
-    assert (await get(http, "/remote/set?mode=0x0014&dvg=345&dig=1&drg=0"))[0] == 200
-    assert (await get(http, "/dcdc/set?dig=2.25"))[0] == 200
-    assert (await get(http, "/dcdc/set?mode=0x0000"))[0] == 200
+    assert (await post(http, "/remote/set?mode=0x0014&dvg=345&dig=1&drg=0"))[0] == 200
+    assert (await post(http, "/dcdc/set?dig=2.25"))[0] == 200
+    assert (await post(http, "/dcdc/set?mode=0x0000"))[0] == 200
     assert driver.calls == [
         ("set", (CV, 350.0, 2.0, 0.1)),
         ("set", (W, 350.0, 2.0, 0.1)),
@@ -264,9 +264,9 @@ async def test_cache_is_shared_between_remote_and_dcdc_routes(
         ("set", (W, 345.0, 2.25, 0.0)),
     ]
     # /essx/hello clears the one cache for both route sets.
-    assert (await get(http, "/essx/hello"))[0] == 200
-    assert (await get(http, "/remote/set?dig=1"))[1]["err"] == "No operationMode"
-    assert (await get(http, "/dcdc/set?mode=0x0014"))[1]["err"] == "No dig"
+    assert (await post(http, "/essx/hello"))[0] == 200
+    assert (await post(http, "/remote/set?dig=1"))[1]["err"] == "No operationMode"
+    assert (await post(http, "/dcdc/set?mode=0x0014"))[1]["err"] == "No dig"
 
 
 # --- limits: refused before the driver sees anything ------------------------------------------
@@ -294,15 +294,15 @@ async def test_cache_is_shared_between_remote_and_dcdc_routes(
 async def test_legacy_sets_outside_the_limits_never_reach_the_driver(
     http: httpx.AsyncClient, driver: FakeDriver, url: str, needle: str
 ) -> None:
-    assert (await get(http, "/remote/set?mode=0x0000&dvg=350&dig=0"))[0] == 200
+    assert (await post(http, "/remote/set?mode=0x0000&dvg=350&dig=0"))[0] == 200
     driver.calls.clear()
-    status, body = await get(http, url)
+    status, body = await post(http, url)
     assert status == 400
     assert body == {"err": body["err"], "refused": True}
     assert needle in body["err"]
     assert driver.calls == []
     # The refused values did not enter the cache.
-    assert (await get(http, "/remote/set?mode=0x0014"))[0] == 200
+    assert (await post(http, "/remote/set?mode=0x0014"))[0] == 200
     assert driver.calls == [("set", (CV, 350.0, 0.0, 0.0))]
 
 
@@ -310,7 +310,7 @@ async def test_legacy_sets_outside_the_limits_never_reach_the_driver(
 
 
 async def test_clr_alarm_only_for_drivers_that_can(http: httpx.AsyncClient) -> None:
-    assert (await http.get("/remote/ioctl/clr_alarm")).status_code == 404
+    assert (await http.post("/remote/ioctl/clr_alarm")).status_code == 404
     # ioctl/set is not served at all (it would need parameters this driver does not keep).
     assert (await http.get("/remote/ioctl/set")).status_code == 404
 
@@ -320,7 +320,7 @@ async def test_clr_alarm_clears_and_answers_as_remote_get() -> None:
     async with await client_for(driver) as http:
         status, before = await get(http, "/remote/get")
         assert status == 200 and before["status"]["alarmState"] == "Light alarm"
-        status, body = await get(http, "/remote/ioctl/clr_alarm")
+        status, body = await post(http, "/remote/ioctl/clr_alarm")
         assert status == 200
         assert set(body) == {"status", "meter", "vdis", "param", "powermeter"}
         assert body["status"]["alarm"] == "0000 0000 0000"
@@ -329,7 +329,7 @@ async def test_clr_alarm_clears_and_answers_as_remote_get() -> None:
         assert await get(http, "/remote/get") == (200, body)
         assert driver.calls == [("clear_alarm", ())]
         driver.fail_next = 1
-        assert await get(http, "/remote/ioctl/clr_alarm") == (
+        assert await post(http, "/remote/ioctl/clr_alarm") == (
             400, {"err": "converter read timeout (injected)"})
 
 
@@ -350,7 +350,7 @@ async def test_clr_alarm_over_the_serial_driver_sends_9_4() -> None:
             status, before = await get(http, "/remote/get")
             assert status == 200 and before["status"]["alarm"].startswith("4010 ")
             received = len(rig.converter_twin.received)
-            status, body = await get(http, "/remote/ioctl/clr_alarm")
+            status, body = await post(http, "/remote/ioctl/clr_alarm")
             assert status == 200
             assert body["status"]["alarm"] == "0000 0000 0000"
             assert body["powermeter"] == POWERMETER_ZEROS

@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 
 class ClusterThread:
-    """Start with `start()`; `url`, `token`, `world`, `cluster` are then set; `stop()`."""
+    """Start with `start()`; `url`, `token`, `world`, `cluster` are then set (`login_url()`
+    gives a one-time login link for a page); `stop()`."""
 
     def __init__(self, tmp: Path, *, units: int | None = None, speed: float = 30.0,
                  refresh_real_s: float = 0.5) -> None:
@@ -78,6 +79,11 @@ class ClusterThread:
                 self._ready.set()
                 await self._stop.wait()
 
+    def login_url(self) -> str:
+        """A one-time login link for one page (the page trades its code for the token)."""
+        assert self.web is not None
+        return self.web.login_url()
+
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
         """Run a coroutine on the cluster's loop and wait for its result."""
         assert self.loop is not None
@@ -106,6 +112,7 @@ class FakeClusterThread:
         self.refresh_real_s = refresh_real_s
         self.url = ""
         self.token = ""
+        self.web: WebServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -142,11 +149,17 @@ class FakeClusterThread:
             for k in range(self.deals)
         ]
         web = WebServer(hub.connect("web"), port=0, refresh_real_s=self.refresh_real_s)
+        self.web = web
         async with web.running():
             self.url, self.token = web.url, web.token
             self._ready.set()
             await self._stop.wait()
         await fake.close()
+
+    def login_url(self) -> str:
+        """A one-time login link for one page (the page trades its code for the token)."""
+        assert self.web is not None
+        return self.web.login_url()
 
     def stop(self, timeout: float = 60.0) -> None:
         if self.loop is not None and self._stop is not None and self._thread.is_alive():

@@ -51,7 +51,7 @@ def page(browser: Any, cluster: ClusterThread) -> Iterator[Any]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{cluster.url}#token={cluster.token}")
+    page.goto(cluster.login_url())
     try:
         yield page
     finally:
@@ -118,7 +118,8 @@ def test_every_unit_shown_and_a_deal_flows(page: Any, cluster: ClusterThread) ->
     page.wait_for_selector("#chart-rsoc .uplot", timeout=60_000)
     page.wait_for_selector("#chart-vg .uplot", timeout=60_000)
     assert "not available" not in page.inner_text("#grid-note")
-    assert page.inner_text("#token-state") == "controls enabled"
+    assert page.inner_text("#token-state") == "controls enabled"  # from the login link
+    assert "#login=" not in page.url and cluster.token not in page.url
     # A changed battery shows within seconds (spec 13 scenario 2 asks for 5 s).
     async def set_rsoc() -> None:
         assert cluster.world is not None
@@ -207,7 +208,7 @@ def test_fifty_units_render_quickly(browser: Any) -> None:
     context = browser.new_context(viewport={"width": 1600, "height": 1200})
     try:
         page = context.new_page()
-        page.goto(f"{thread.url}#token={thread.token}")
+        page.goto(thread.login_url())
         page.wait_for_function("document.querySelectorAll('#units .unit').length === 50",
                                timeout=60_000)
         page.wait_for_function("document.querySelectorAll('#flows .flow').length === 10",
@@ -236,4 +237,37 @@ def test_fifty_units_render_quickly(browser: Any) -> None:
         screenshot(page, "fifty-units.png")
     finally:
         context.close()
+        thread.stop()
+
+
+def test_a_login_link_enables_the_controls_once(browser: Any) -> None:
+    """The printed link carries a one-time code, not the token: the page trades it, drops it
+    from the address, and a second page with the same link stays read only until the
+    token is entered."""
+    thread = FakeClusterThread(units=3, deals=0).start()
+    first = browser.new_context()
+    second = browser.new_context()
+    try:
+        link = thread.login_url()
+        assert thread.token not in link
+        page = first.new_page()
+        page.goto(link)
+        page.wait_for_function(
+            "document.querySelector('#token-state').textContent === 'controls enabled'",
+            timeout=60_000)
+        assert "#login=" not in page.url
+        again = second.new_page()
+        again.goto(link)
+        again.wait_for_function(
+            "document.querySelector('#token-state').textContent.includes('used or expired')",
+            timeout=60_000)
+        again.fill("#token", thread.token)
+        again.press("#token", "Enter")
+        again.dispatch_event("#token", "change")
+        again.wait_for_function(
+            "document.querySelector('#token-state').textContent === 'controls enabled'",
+            timeout=60_000)
+    finally:
+        first.close()
+        second.close()
         thread.stop()

@@ -13,8 +13,12 @@ import httpx
 import pytest
 
 from apis.bus.memory import MemoryHub
+from apis.httpguard import HostNames
 from apis.store.history import HistoryStore, ModeChange
+from apis.web.app import MAX_BODY_BYTES
 from apis.web.server import WebServer
+from apis.web.token import LoginCodes
+from tests.rawhttp import SIXTY_MB, announce_body, endless_chunks
 from tests.web.fakes import FakeCluster, deal
 
 
@@ -38,7 +42,7 @@ async def test_events_stream_and_clean_stop() -> None:
     assert web.host == "127.0.0.1"
     async with web.running():
         assert web.port > 0 and web.url == f"http://127.0.0.1:{web.port}/"
-        assert web.url_with_token.endswith(f"#token={web.token}") and len(web.token) >= 16
+        assert len(web.token) >= 16
         async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
             r = await client.get("/api/cluster")
             assert r.status_code == 200
@@ -95,3 +99,88 @@ def test_history_store_on_disk(tmp_path: Path) -> None:
     assert last is not None and last.changed_by == "alice" and last.new_mode == "stop"
     assert again.last_mode_change("E001") is None
     again.close()
+
+
+async def test_a_login_link_works_once_and_never_carries_the_token() -> None:
+    hub = MemoryHub()
+    fake = await FakeCluster(hub).start()
+    web = WebServer(hub.connect("web"), port=0, refresh_real_s=0.1)
+    async with web.running(), httpx.AsyncClient(base_url=web.url, timeout=30) as client:
+        link = web.login_url()
+        assert link.startswith(f"{web.url}#login=") and web.token not in link
+        code = link.split("#login=", 1)[1]
+        r = await client.post("/api/login", json={"code": code})
+        assert r.status_code == 200 and r.json() == {"token": web.token}
+        r = await client.post("/api/login", json={"code": code})  # spent
+        assert r.status_code == 403 and "works once" in r.json()["detail"]
+        r = await client.post("/api/login", json={"code": "guessed"})
+        assert r.status_code == 403
+        assert web.login_url() != link  # every link its own code
+    await fake.close()
+
+
+def test_login_codes_expire() -> None:
+    codes = LoginCodes(ttl_s=0.0)
+    assert not codes.redeem(codes.issue())
+    codes = LoginCodes()
+    first, second = codes.issue(), codes.issue()
+    assert codes.redeem(second) and codes.redeem(first)
+    assert not codes.redeem(first)
+
+
+async def test_a_foreign_host_or_origin_is_refused_before_the_token() -> None:
+    """DNS rebinding (a page's name resolving to 127.0.0.1) and pages of other sites: 403
+    even with the right token; the page's own origin and --allow-host names pass."""
+    hub = MemoryHub()
+    fake = await FakeCluster(hub).start()
+    web = WebServer(hub.connect("web"), port=0, refresh_real_s=0.1,
+                    allowed_hosts=HostNames.parse(["ops.example"]))
+    auth = {"Authorization": f"Bearer {web.token}"}
+    async with web.running(), httpx.AsyncClient(base_url=web.url, timeout=30) as client:
+        own = f"http://127.0.0.1:{web.port}"
+        for headers in ({"Host": f"rebound.example:{web.port}"},
+                        {"Origin": "http://evil.example"},
+                        {"Origin": f"http://127.0.0.1:{web.port + 1}"}):
+            r = await client.put("/api/operation-mode", json={"mode": "stop"},
+                                 headers={**auth, **headers})
+            assert r.status_code == 403, r.text
+            assert repr(next(iter(headers.values()))) in r.json()["detail"]
+            assert "--allow-host" in r.json()["detail"]
+            assert (await client.get("/api/cluster", headers=headers)).status_code == 403
+        r = await client.post("/api/login", json={"code": web.logins.issue()},
+                              headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403 and web.token not in r.text
+        assert fake.global_mode == "autonomous"
+        r = await client.put("/api/operation-mode", json={"mode": "heteronomous"},
+                             headers={**auth, "Origin": own})
+        assert r.status_code == 200, r.text
+        r = await client.get("/api/cluster", headers={"Host": "ops.example"})
+        assert r.status_code == 200
+    await fake.close()
+
+
+async def test_a_60_mb_body_is_refused_before_the_token_is_checked() -> None:
+    hub = MemoryHub()
+    fake = await FakeCluster(hub).start()
+    web = WebServer(hub.connect("web"), port=0, refresh_real_s=0.1)
+    auth = {"Authorization": f"Bearer {web.token}"}
+    async with web.running():
+        # Announced and never sent: the answer cannot have waited for it.
+        for headers in ({}, auth):
+            answer = await announce_body(web.port, "PUT", "/api/operation-mode",
+                                         headers=headers)
+            assert answer.status == 413
+            assert answer.json() == {"detail": f"request body of {SIXTY_MB} bytes (the limit "
+                                               f"is {MAX_BODY_BYTES} bytes)"}
+        # Chunked, with no end: cut off at the limit.
+        answer = await endless_chunks(web.port, "PUT", "/api/operation-mode",
+                                      MAX_BODY_BYTES + 16 * 1024, headers=auth)
+        assert answer.status == 413
+        assert str(MAX_BODY_BYTES) in answer.json()["detail"]
+        assert fake.global_mode == "autonomous"  # no handler ran
+        assert web.ops.store.mode_changes() == []
+        async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
+            r = await client.put("/api/operation-mode", json={"mode": "heteronomous"},
+                                 headers=auth)
+            assert r.status_code == 200  # still serving
+    await fake.close()

@@ -13,6 +13,7 @@ import typer
 import uvicorn
 
 from apis.emulator.server import DEFAULT_HOST, DEFAULT_PORT
+from apis.httpguard import HostNames
 from apis.listening import CommandServer, ListenError, bind_listener
 
 EMULATOR_HELP = """Emulate N units (battery, house, DC/DC converter) on one DC grid and serve them.
@@ -21,6 +22,11 @@ Routes: the original emulator's (/get/unit/E001, /set/dcdc/E001?mode=&dvg=&dig=,
 ...) and the Device Driver Web API per unit under /units/<id>/ (e.g. /units/E001/all/get).
 Runs on real time, or --speed K times faster. Needs no files: built-in PV and load profiles,
 one bus bar. Ctrl-C stops it.
+
+Commands (/set/..., /add/unit, /remove/unit, /units/<id>/dcdc/set) are POST; the original
+apis-main sends them as GET, which is served only with --legacy-get. Requests must name this
+server (Host, and Origin if a browser sent them): its listen address, 127.0.0.1, localhost or
+[::1] with its port, or a name given with --allow-host.
 """
 
 
@@ -38,6 +44,8 @@ async def _serve(
     solar: Path | None, load: Path | None, profile_csv: list[Path], start: datetime | None,
     step_s: float,
     ups: bool = False,
+    legacy_get: bool = False,
+    allowed_hosts: HostNames | None = None,
 ) -> None:
     from apis.config.grid import GridConfig
     from apis.config.hwconfig import HwConfig
@@ -64,14 +72,17 @@ async def _serve(
     port = sock.getsockname()[1]  # the one chosen for port 0
     server = CommandServer(
         uvicorn.Config(
-            create_emulator_app(world, port), host=host, port=port, log_level="warning",
-            lifespan="off",
+            create_emulator_app(world, port, legacy_get=legacy_get,
+                                allowed_hosts=allowed_hosts),
+            host=host, port=port, log_level="warning", lifespan="off",
         )
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-    typer.echo(f"emulating {world.n_units} units on http://{host}:{port}/ (Ctrl-C stops)")
+    get_forms = "; GET commands too (--legacy-get)" if legacy_get else ""
+    typer.echo(f"emulating {world.n_units} units on http://{host}:{port}/ (Ctrl-C stops"
+               f"{get_forms})")
     try:
         async with asyncio.TaskGroup() as tasks:
             stepping = tasks.create_task(world.run(step_s))
@@ -122,15 +133,33 @@ def register(app: typer.Typer) -> None:
                 "--ups", help="Model the house UPS (bypass <= 30 %, AC charging <= 20 % RSOC)."
             ),
         ] = False,
+        legacy_get: Annotated[
+            bool,
+            typer.Option(
+                "--legacy-get", help="Also serve the commands as GET, as the original emulator "
+                "does (for the original apis-main; any web page could then send them)."
+            ),
+        ] = False,
+        allow_host: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--allow-host", help="Another name the emulator is reached by (NAME: any "
+                "port, or NAME:PORT); repeat for more."
+            ),
+        ] = None,
     ) -> None:
         from apis import clock
 
+        try:
+            names = HostNames.parse(allow_host or [])
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
         kind = "real" if speed == 1.0 else "scaled"
         try:
             clock.run(
                 _serve(
                     units, host, port, seed, grid, hw_config, solar, load, profile_csv or [],
-                    start, step, ups,
+                    start, step, ups, legacy_get, names,
                 ),
                 kind,
                 speed,

@@ -14,6 +14,12 @@ Unlike the original: an unknown unit is 404 `{"err": ...}`, a bad request is 400
 `dvg` keeps its decimals. The dcdc_v2 routes of an unknown or removed unit are 404 too.
 The acceleration is the loop's speed (`apis emulator --speed`), so
 `/set/acc` only accepts the present value.
+
+What changes the world (`/set/...`, `/add/unit`, `/remove/unit` and the dcdc_v2 commands) is
+POST with the same query parameters; the original's GET forms (what the original apis-main
+sends) only with `legacy_get=True` (`apis emulator --legacy-get`), else a GET of them is 405
+naming the option. Every request passes the `RequestGuard` first, as the driver's (Host,
+Origin, another site's fetches, body size).
 """
 
 from __future__ import annotations
@@ -24,14 +30,19 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from apis.emulator.driver import EmulatedDriver
 from apis.emulator.world import World
 from apis.hardware.driver import APIS_TIME_FORMAT, CommandRefused, DriverError
 from apis.hardware.modes import ConverterMode
-from apis.hardware.webapi import create_driver_router
+from apis.hardware.webapi import (
+    add_command_route,
+    create_driver_router,
+    driver_guard_policy,
+)
+from apis.httpguard import HostNames, guard
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +247,26 @@ async def _answer(work: Callable[[], Awaitable[Any]]) -> JSONResponse:
         return JSONResponse({"err": f"{type(error).__name__}: {error}"}, status_code=400)
 
 
-def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
-    """The emulator's HTTP app for `world` (both route sets)."""
+def create_emulator_app(
+    world: World, port: int = DEFAULT_PORT, *, legacy_get: bool = False,
+    allowed_hosts: HostNames | None = None,
+) -> FastAPI:
+    """The emulator's HTTP app for `world` (both route sets), behind the `RequestGuard`
+    (names besides the server's own: `allowed_hosts`). Commands are POST; with
+    `legacy_get` also GET, as the original emulator serves them."""
     service = EmulatorService(world, port)
     app = FastAPI(title="APIS emulator", docs_url=None, redoc_url=None)
     app.state.emulator = service
+    commands = APIRouter()
+
+    def command(path: str) -> Callable[[Callable[..., Awaitable[JSONResponse]]],
+                                      Callable[..., Awaitable[JSONResponse]]]:
+        def add(route: Callable[..., Awaitable[JSONResponse]]
+                ) -> Callable[..., Awaitable[JSONResponse]]:
+            add_command_route(commands, path, route, legacy_get=legacy_get)
+            return route
+
+        return add
 
     mounted: set[str] = set()
 
@@ -248,7 +274,8 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
         if unit_id in mounted:  # removed, then added again: the routes are still there
             return
         driver = service.drivers[unit_id]
-        app.include_router(create_driver_router(driver, driver.limits), prefix=f"/units/{unit_id}")
+        app.include_router(create_driver_router(driver, driver.limits, legacy_get=legacy_get),
+                           prefix=f"/units/{unit_id}")
         mounted.add(unit_id)
 
     for unit in world.unit_ids:
@@ -285,7 +312,7 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
 
         return await _answer(work)
 
-    @app.get("/set/dcdc/{unit_id}")
+    @command("/set/dcdc/{unit_id}")
     async def set_dcdc(unit_id: str, request: Request) -> JSONResponse:
         async def work() -> dict[str, Any]:
             driver = service.driver(unit_id)
@@ -305,7 +332,7 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
 
         return await _answer(work)
 
-    @app.get("/set/dcdc/voltage/{unit_id}")
+    @command("/set/dcdc/voltage/{unit_id}")
     async def set_dcdc_voltage(unit_id: str, request: Request) -> JSONResponse:
         async def work() -> dict[str, Any]:
             driver = service.driver(unit_id)
@@ -319,7 +346,7 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
 
         return await _answer(work)
 
-    @app.get("/set/dcdc/current/{unit_id}")
+    @command("/set/dcdc/current/{unit_id}")
     async def set_dcdc_current(unit_id: str, request: Request) -> JSONResponse:
         async def work() -> dict[str, Any]:
             driver = service.driver(unit_id)
@@ -345,7 +372,7 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
 
         return await _answer(work)
 
-    @app.get("/set/emu/{unit_id}")
+    @command("/set/emu/{unit_id}")
     async def set_emu(unit_id: str, request: Request) -> JSONResponse:
         async def work() -> dict[str, Any]:
             service.driver(unit_id)
@@ -395,7 +422,7 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
     async def get_acc() -> JSONResponse:
         return JSONResponse(_speed())
 
-    @app.get("/set/acc/{value}")
+    @command("/set/acc/{value}")
     async def set_acc(value: str) -> JSONResponse:
         async def work() -> float:
             try:
@@ -411,7 +438,7 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
 
         return await _answer(work)
 
-    @app.get("/add/unit")
+    @command("/add/unit")
     async def add_unit() -> JSONResponse:
         async def work() -> dict[str, Any]:
             unit = world.add_unit()
@@ -421,7 +448,7 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
 
         return await _answer(work)
 
-    @app.get("/remove/unit")
+    @command("/remove/unit")
     async def remove_unit() -> JSONResponse:
         async def work() -> dict[str, Any]:
             unit = world.remove_unit()
@@ -439,4 +466,6 @@ def create_emulator_app(world: World, port: int = DEFAULT_PORT) -> FastAPI:
         )
         return f"<!doctype html><title>APIS emulator</title><h1>Units</h1><ul>{rows}</ul>"
 
+    app.include_router(commands)
+    guard(app, driver_guard_policy(allowed_hosts))
     return app

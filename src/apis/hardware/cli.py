@@ -13,6 +13,7 @@ import uvicorn
 
 from apis.hardware.driverconfig import load_driver_config
 from apis.hardware.webapi import DEFAULT_HOST, DEFAULT_PORT
+from apis.httpguard import HostNames
 from apis.listening import CommandServer, ListenError, bind_listener
 
 DRIVER_HELP = """Serve the Device Driver Web API (dcdc_v2 routes) for one unit.
@@ -27,11 +28,17 @@ With --twin: a complete rig with no hardware: a Modbus battery twin and an EZA25
 socat pty pairs, the serial driver on the other ends (--config then only supplies limits,
 protection values and the watchdog).
 
+Commands (/dcdc/set, /remote/set...) are POST; the original apis-main sends them as GET,
+which is served only with --legacy-get. Requests must name this server (Host, and Origin if
+a browser sent them): its listen address, 127.0.0.1, localhost or [::1] with its port, or a
+name given with --allow-host.
+
 Ctrl-C (or SIGTERM) stops the server, the twins and socat.
 """
 
 
-async def _serve(config_path: Path | None, twin: bool, host: str, port: int) -> None:
+async def _serve(config_path: Path | None, twin: bool, host: str, port: int,
+                 legacy_get: bool = False, allowed_hosts: HostNames | None = None) -> None:
     from apis.config.hwconfig import HwConfig
     from apis.hardware.converter import ConverterSettings, Eza2500Converter
     from apis.hardware.driver import CommandLimits
@@ -49,9 +56,10 @@ async def _serve(config_path: Path | None, twin: bool, host: str, port: int) -> 
     async def run(driver: RealDriver) -> None:
         sock = bind_listener(host, port)
         bound_port = sock.getsockname()[1]  # the one chosen for port 0
-        server = CommandServer(uvicorn.Config(create_driver_app(driver, limits), host=host,
-                                              port=bound_port, log_level="warning",
-                                              lifespan="off"))
+        app = create_driver_app(driver, limits, legacy_get=legacy_get,
+                                allowed_hosts=allowed_hosts)
+        server = CommandServer(uvicorn.Config(app, host=host, port=bound_port,
+                                              log_level="warning", lifespan="off"))
 
         def stop() -> None:
             server.should_exit = True
@@ -59,7 +67,9 @@ async def _serve(config_path: Path | None, twin: bool, host: str, port: int) -> 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         try:
-            typer.echo(f"apis driver: serving http://{host}:{bound_port} (limits: {limits})")
+            get_forms = ", GET commands too (--legacy-get)" if legacy_get else ""
+            typer.echo(f"apis driver: serving http://{host}:{bound_port} (limits: {limits}"
+                       f"{get_forms})")
             await server.serve(sockets=[sock])
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -105,12 +115,22 @@ def register(app: typer.Typer) -> None:
             "--twin", help="Serve over serial twins on socat pty pairs.")] = False,
         host: Annotated[str, typer.Option("--host", help="Listen address.")] = DEFAULT_HOST,
         port: Annotated[int, typer.Option("--port", help="Listen port.")] = DEFAULT_PORT,
+        legacy_get: Annotated[bool, typer.Option(
+            "--legacy-get", help="Also serve the commands as GET, as the original driver "
+            "does (for the original apis-main; any web page could then send them).")] = False,
+        allow_host: Annotated[list[str] | None, typer.Option(
+            "--allow-host", help="Another name this driver is reached by (NAME: any port, "
+            "or NAME:PORT); repeat for more.")] = None,
     ) -> None:
         if config is None and not twin:
             raise typer.BadParameter("give --config FILE (real serial ports) or --twin")
         try:
+            names = HostNames.parse(allow_host or [])
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        try:
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_serve(config, twin, host, port))
+                asyncio.run(_serve(config, twin, host, port, legacy_get, names))
         except ListenError as e:
             typer.echo(f"apis driver: {e.strerror}", err=True)
             raise typer.Exit(1) from None

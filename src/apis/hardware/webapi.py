@@ -1,7 +1,7 @@
 """The Device Driver Web API: a server for any DeviceDriver, and its HTTP client.
 
-Server (`create_driver_app`, `create_driver_router`): the `dcdc_v2` routes apis-main uses,
-all GET, and the original driver's legacy `dcdc_v1` aliases on the same driver and set-point
+Server (`create_driver_app`, `create_driver_router`): the `dcdc_v2` routes apis-main uses
+and the original driver's legacy `dcdc_v1` aliases on the same driver and set-point
 cache: `/remote/get` (`/dcdc/get` plus `powermeter`), `/remote/get/status`, `/remote/set`
 (always a full set), `/remote/set/voltage`, `/remote/set/current`, `/1/log/data` (the battery
 log dict) and `/remote/ioctl/get`; `/remote/ioctl/clr_alarm` only for a driver that can clear
@@ -11,9 +11,19 @@ parameters) is not served. Success is 200 with a JSON object; every failure is 4
 `CommandLimits` before it reaches the driver; a refused command's body also carries
 `"refused": true`.
 
+Reads are GET. What changes the converter or the driver (`/dcdc/set`, `/remote/set`,
+`/remote/set/voltage`, `/remote/set/current`, `/remote/ioctl/clr_alarm`, `/essx/hello`) is
+POST, with the same query parameters: a web page can make a browser send a GET to 127.0.0.1
+from an image tag, but not a POST without an `Origin` that the `RequestGuard` refuses. The
+original apis-main sends them as GET; `legacy_get=True` (`apis driver --legacy-get`) serves
+those GET forms too, otherwise a GET of them is 405 naming the option. Every request passes
+the `RequestGuard` (Host, Origin, another site's fetches, body size) first.
+
 Client (`DeviceDriverClient`): implements DeviceDriver over HTTP, with the `dcdc_v2` routes or
 the original emulator's per-unit routes (`dcdc_emulator`), a per-request timeout and a total
-number of attempts, as apis-main's `requestTimeoutMsec` and `retryLimit`.
+number of attempts, as apis-main's `requestTimeoutMsec` and `retryLimit`. It sends commands
+as POST; a server that answers 405 with GET allowed (the original driver and emulator serve
+only GET) gets them as GET from then on.
 """
 
 from __future__ import annotations
@@ -46,11 +56,15 @@ from apis.hardware.driver import (
     unit_data_from_flat_json,
 )
 from apis.hardware.modes import ConverterMode
+from apis.httpguard import GuardPolicy, HostNames, guard
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4380
 DEFAULT_HOST = "127.0.0.1"
+# Commands carry their values in the query; no route reads a body.
+MAX_BODY_BYTES = 64 * 1024
+LEGACY_GET_OPTION = "--legacy-get"
 
 
 # --- server -----------------------------------------------------------------------------------
@@ -153,9 +167,37 @@ async def _answer(work: Callable[[], Awaitable[dict[str, Any]]]) -> JSONResponse
         return _err(f"{type(error).__name__}: {error}")
 
 
-def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRouter:
+def get_refused(path: str) -> JSONResponse:
+    """The answer to a GET of a command route when the GET forms are not served."""
+    return JSONResponse(
+        {"err": f"GET {path} (a command: send it as POST; the GET form is served only with "
+                f"{LEGACY_GET_OPTION}, for the original apis-main)"},
+        status_code=405, headers={"Allow": "POST"},
+    )
+
+
+def add_command_route(
+    router: APIRouter, path: str, route: Callable[..., Awaitable[JSONResponse]], *,
+    legacy_get: bool, name: str | None = None,
+) -> None:
+    """`route` as POST, and as GET only with `legacy_get` (else GET is a 405 saying why)."""
+    name = name or path
+    router.add_api_route(path, route, methods=["POST", "GET"] if legacy_get else ["POST"],
+                         name=name)
+    if not legacy_get:
+        async def refuse(request: Request) -> JSONResponse:
+            return get_refused(request.url.path)
+
+        router.add_api_route(path, refuse, methods=["GET"], name=f"{name} (GET refused)",
+                             include_in_schema=False)
+
+
+def create_driver_router(
+    driver: DeviceDriver, limits: CommandLimits, *, legacy_get: bool = False
+) -> APIRouter:
     """The `dcdc_v2` routes and their `dcdc_v1` aliases for one unit, with one set-point cache.
 
+    Commands are POST; with `legacy_get` also GET, as the original driver serves them.
     `/remote/ioctl/clr_alarm` is served only when `driver` implements `AlarmClearing`.
     """
     router = APIRouter()
@@ -213,7 +255,7 @@ def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRout
             q = dict(request.query_params)
             return await _answer(lambda: setter(q))
 
-        router.add_api_route(path, route, methods=["GET"], name=path)
+        add_command_route(router, path, route, legacy_get=legacy_get)
 
     set_route("/dcdc/set", dispatched_set)
     set_route("/remote/set", full_set)  # the legacy alias never dispatches
@@ -265,23 +307,37 @@ def create_driver_router(driver: DeviceDriver, limits: CommandLimits) -> APIRout
     if isinstance(driver, AlarmClearing):
         clearing: AlarmClearing = driver
 
-        async def clear_alarm() -> dict[str, Any]:
+        async def cleared() -> dict[str, Any]:
             return _with_powermeter(await clearing.clear_alarm())
 
-        read_route("/remote/ioctl/clr_alarm", clear_alarm)
+        async def clear_alarm() -> JSONResponse:
+            return await _answer(cleared)
 
-    @router.get("/essx/hello")
+        add_command_route(router, "/remote/ioctl/clr_alarm", clear_alarm, legacy_get=legacy_get)
+
     async def hello() -> JSONResponse:
         cache.clear()
         return JSONResponse({"message": "hello world"})
 
+    add_command_route(router, "/essx/hello", hello, legacy_get=legacy_get)
     return router
 
 
-def create_driver_app(driver: DeviceDriver, limits: CommandLimits) -> FastAPI:
-    """A FastAPI app serving `driver` with the `dcdc_v2` routes and their legacy aliases."""
+def driver_guard_policy(allowed_hosts: HostNames | None = None) -> GuardPolicy:
+    """The `RequestGuard` policy of the driver and the emulator: APIs for programs."""
+    return GuardPolicy(names=allowed_hosts or HostNames(), max_body_bytes=MAX_BODY_BYTES,
+                       refuse_cross_site=True, error_key="err")
+
+
+def create_driver_app(
+    driver: DeviceDriver, limits: CommandLimits, *, legacy_get: bool = False,
+    allowed_hosts: HostNames | None = None,
+) -> FastAPI:
+    """A FastAPI app serving `driver` with the `dcdc_v2` routes and their legacy aliases,
+    behind the `RequestGuard` (names besides the server's own: `allowed_hosts`)."""
     app = FastAPI(title="APIS Device Driver", docs_url=None, redoc_url=None)
-    app.include_router(create_driver_router(driver, limits))
+    app.include_router(create_driver_router(driver, limits, legacy_get=legacy_get))
+    guard(app, driver_guard_policy(allowed_hosts))
     return app
 
 
@@ -300,7 +356,9 @@ class DeviceDriverClient:
     `routes="dcdc_v2"` talks to this module's server (or the original dcdc_batt_comm);
     `routes="dcdc_emulator"` to the original emulator's per-unit routes, which need `unit_id`.
     Each request waits at most `request_timeout_msec`; a failure is retried until
-    `retry_limit` attempts in total were made. A refused command is not retried.
+    `retry_limit` attempts in total were made. A refused command is not retried. Commands are
+    POST until the server answers one with 405 and GET allowed (the original driver and
+    emulator, which serve only GET): then GET, at once and from then on.
     """
 
     def __init__(
@@ -326,6 +384,7 @@ class DeviceDriverClient:
             base_url=base_url, timeout=request_timeout_msec / 1000, transport=transport
         )
         self._converter: ConverterData | None = None
+        self.command_method = "POST"
 
     async def __aenter__(self) -> DeviceDriverClient:
         return self
@@ -342,10 +401,28 @@ class DeviceDriverClient:
         return self._converter
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        return await self._request("GET", path, params)
+
+    async def _command(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        return await self._request(self.command_method, path, params)
+
+    def _serves_only_get(self, response: httpx.Response) -> bool:
+        allow = response.headers.get("allow")
+        return response.status_code == 405 and (
+            allow is None or "GET" in allow.upper().replace(" ", "").split(","))
+
+    async def _request(
+        self, method: str, path: str, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         last = ""
         for _ in range(self.retry_limit):
             try:
-                response = await self._http.get(path, params=params)
+                response = await self._http.request(method, path, params=params)
+                if method == "POST" and self._serves_only_get(response):
+                    log.info("%s%s serves commands only as GET (an original driver or "
+                             "emulator): sending them as GET", self._http.base_url, path)
+                    method = self.command_method = "GET"
+                    response = await self._http.request(method, path, params=params)
             except httpx.HTTPError as error:
                 last = f"{type(error).__name__}: {error}"
                 continue
@@ -360,7 +437,7 @@ class DeviceDriverClient:
             if isinstance(body, dict) and body.get("refused"):
                 raise CommandRefused(str(reason))
         raise DriverError(
-            f"Communication failed with Device Driver: GET {path} failed "
+            f"Communication failed with Device Driver: {method} {path} failed "
             f"{self.retry_limit} times, last: {last}"
         )
 
@@ -403,17 +480,17 @@ class DeviceDriverClient:
         params = {"mode": mode.code, "dvg": _number_text(dvg), "dig": _number_text(dig),
                   "drg": _number_text(drg)}
         path = "/dcdc/set" if self.routes == "dcdc_v2" else f"/set/dcdc/{self.unit_id}"
-        return self._merge(await self._get(path, params))
+        return self._merge(await self._command(path, params))
 
     async def set_voltage(self, dvg: float, drg: float) -> ConverterData:
         params = {"dvg": _number_text(dvg), "drg": _number_text(drg)}
         path = "/dcdc/set" if self.routes == "dcdc_v2" else f"/set/dcdc/voltage/{self.unit_id}"
-        return await self._merge_partial(await self._get(path, params))
+        return await self._merge_partial(await self._command(path, params))
 
     async def set_current(self, dig: float) -> ConverterData:
         params = {"dig": _number_text(dig)}
         path = "/dcdc/set" if self.routes == "dcdc_v2" else f"/set/dcdc/current/{self.unit_id}"
-        return await self._merge_partial(await self._get(path, params))
+        return await self._merge_partial(await self._command(path, params))
 
     async def version(self) -> DriverVersion:
         if self.routes == "dcdc_emulator":

@@ -7,7 +7,10 @@ main_controller route names for tools that still call them.
 Reading needs nothing; every action needs the control token: header
 ``Authorization: Bearer <token>`` or ``X-APIS-Token: <token>``, or (for the original tools,
 which only know URLs) the query parameter ``token``. Who acted is the ``X-APIS-Operator``
-header when given, else ``web <client address>``.
+header when given, else ``web <client address>``. The page gets the token by a one-time
+login link (`apis.web.token`). Before any of that, the `RequestGuard` refuses a foreign Host
+or Origin and a body over `MAX_BODY_BYTES` (413 without reading it, so before the token is
+checked).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -27,10 +30,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.responses import StreamingResponse
 
 from apis.bus.base import Bus
+from apis.httpguard import GuardPolicy, HostNames, guard
 from apis.store.history import HistoryStore
 from apis.web.service import (
     GLOBAL_MODES,
@@ -40,6 +44,7 @@ from apis.web.service import (
     budo_deal,
     loop_seconds,
 )
+from apis.web.token import LoginCodes
 
 if TYPE_CHECKING:
     from apis.emulator.world import World
@@ -50,6 +55,13 @@ COMPAT_VERBS = {"active": "autonomous", "quiet": "heteronomous", "stop": "stop",
                 "manual": "manual"}
 DCDC_CODES = {"0x0000": "WAIT", "0x0014": "VOLTAGE_REFERENCE", "0x0041": "CHARGE",
               "0x0002": "DISCHARGE"}
+
+# Bodies are small JSON objects (a deal, an error); anything larger is refused unread.
+MAX_BODY_BYTES = 64 * 1024
+# A Soft Stop schedule further ahead is a typo, and beyond year 9999 no clock can show it.
+SCHEDULE_MAX_AHEAD = timedelta(days=3660)
+# Offsets in use on Earth are -12:00 .. +14:00.
+MAX_UTC_OFFSET = timedelta(hours=14)
 
 GlobalMode = Literal["autonomous", "heteronomous", "stop", "manual"]
 LocalMode = Literal["heteronomous", "stop"] | None
@@ -97,13 +109,39 @@ class DcdcIn(_Body):
 class ScheduleIn(_Body):
     unitId: str | None = Field(None, description="null: the whole cluster")
     softStopAt: datetime = Field(description="ISO 8601 date-time; local time of the server "
-                                 "when it has no offset")
+                                 "when it has no offset; in the next 3660 days")
+
+    @field_validator("softStopAt")
+    @classmethod
+    def _in_range(cls, at: datetime) -> datetime:
+        offset = at.utcoffset()
+        if offset is not None and abs(offset) > MAX_UTC_OFFSET:
+            raise ValueError(f"softStopAt = {at.isoformat()!r} (UTC offset {at:%z} is not "
+                             "one of Earth's: must be within -12:00..+14:00)")
+        now = datetime.now(UTC)
+        latest = now + SCHEDULE_MAX_AHEAD
+        when = at
+        if at.tzinfo is None:  # the server's local time
+            try:
+                when = at.astimezone()
+            except (OverflowError, ValueError, OSError):  # at an end of the calendar
+                when = at.replace(tzinfo=UTC)
+        # Aware datetimes compare without conversion, so nothing overflows here.
+        if when <= now:
+            raise ValueError(f"softStopAt = {at.isoformat()!r} (must be in the future: "
+                             f"after {now.isoformat(timespec='seconds')})")
+        if when > latest:
+            raise ValueError(f"softStopAt = {at.isoformat()!r} (must be at most "
+                             f"{SCHEDULE_MAX_AHEAD.days} days ahead: before "
+                             f"{latest.isoformat(timespec='seconds')})")
+        return at
 
     def epoch(self) -> float:
-        at = self.softStopAt
-        if at.tzinfo is None:
-            at = at.astimezone()  # the server's local time
-        return at.timestamp()
+        return self.softStopAt.astimezone(UTC).timestamp()
+
+
+class LoginIn(_Body):
+    code: str = Field(min_length=1, max_length=200, description="the code of a login link")
 
 
 class ErrorIn(_Body):
@@ -156,6 +194,19 @@ def _operator(request: Request) -> str:
     return f"web {host}"
 
 
+def local_iso(epoch: float) -> str:
+    """`epoch` as ISO 8601 in the server's local time; UTC or the number itself where the
+    calendar ends (a schedule stored by an older version may lie there)."""
+    try:
+        return datetime.fromtimestamp(epoch).astimezone().isoformat()
+    except (OverflowError, ValueError, OSError):
+        pass
+    try:
+        return datetime.fromtimestamp(epoch, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return str(epoch)
+
+
 def require_token(request: Request) -> str:
     """The control-token check of every action; returns who acts."""
     token: str = request.app.state.token
@@ -181,9 +232,13 @@ def create_app(
     store: HistoryStore | None = None,
     refresh_real_s: float = 1.0,
     request_timeout_real_s: float = 3.0,
+    allowed_hosts: HostNames | None = None,
+    logins: LoginCodes | None = None,
 ) -> FastAPI:
     """The app for one cluster reached through `bus`. Its lifespan runs the `Operations`
-    (subscriptions and periodic refresh); `app.state.ops` is that object."""
+    (subscriptions and periodic refresh); `app.state.ops` is that object. Host and Origin
+    must be the server's own or in `allowed_hosts`; `logins` are the one-time codes of login
+    links (`app.state.logins`)."""
     if not token:
         raise ValueError("token must not be empty")
     ops = Operations(bus, world=world, store=store, refresh_real_s=refresh_real_s,
@@ -205,6 +260,7 @@ def create_app(
     )
     app.state.ops = ops
     app.state.token = token
+    app.state.logins = logins = logins or LoginCodes()
 
     async def act(coro: Any) -> Any:
         try:
@@ -337,6 +393,15 @@ def create_app(
 
     # ---- actions -------------------------------------------------------------------------
 
+    @app.post("/api/login", tags=["control"],
+              summary="Trade the one-time code of a login link for the control token")
+    async def login(body: LoginIn) -> dict[str, Any]:
+        if not logins.redeem(body.code):
+            raise HTTPException(403, "login code (unknown, used or expired: a login link "
+                                f"works once, within {logins.ttl_s:g} s; or enter the token "
+                                "from its file)")
+        return {"token": token}
+
     @app.get("/api/auth", tags=["control"], summary="Check a control token")
     async def auth(operator: Operator) -> dict[str, Any]:
         return {"ok": True, "operator": operator}
@@ -392,8 +457,7 @@ def create_app(
         out: dict[str, dict[str, str]] = {}
         for item in ops.schedules_json():
             key = item["unitId"] or ""
-            at = datetime.fromtimestamp(item["at"]).astimezone().isoformat()
-            out.setdefault(key, {})["softStop"] = at
+            out.setdefault(key, {})["softStop"] = local_iso(item["at"])
         return compat(out)
 
     @app.get("/setSchedule", tags=["compat"],
@@ -586,4 +650,5 @@ def create_app(
             return JSONResponse({"detail": detail or "Not Found"}, 404)
         return compat({"error": f"not found : {request.url.path}"}, 404)
 
+    guard(app, GuardPolicy(names=allowed_hosts or HostNames(), max_body_bytes=MAX_BODY_BYTES))
     return app

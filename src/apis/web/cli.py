@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from apis.bus.base import BusError
+from apis.httpguard import HostNames
 from apis.web.server import DEFAULT_HOST, DEFAULT_PORT
+from apis.web.token import TOKEN_ENV, ControlToken, TokenError, control_token, default_token_file
+
+DEFAULT_TOKEN_FILE = default_token_file()
+TOKEN_ON_COMMAND_LINE = (
+    "--token: a token on the command line is shown to every user of the machine by `ps`; "
+    f"put it in a file only you can read (--token-file FILE, mode 0600) or in ${TOKEN_ENV}"
+)
 
 
-async def _serve(bus_url: str, host: str, port: int, token: str | None,
-                 history: str) -> None:
+async def _serve(bus_url: str, host: str, port: int, token: ControlToken, history: str,
+                 allowed_hosts: HostNames) -> None:
     from apis.bus.nats import NatsBus
     from apis.store.history import HistoryStore
     from apis.web.server import WebServer
@@ -21,11 +30,13 @@ async def _serve(bus_url: str, host: str, port: int, token: str | None,
     bus = await NatsBus.connect(servers, name="apis-web")
     store = HistoryStore(history)
     try:
-        web = WebServer(bus, store=store, host=host, port=port, token=token)
+        web = WebServer(bus, store=store, host=host, port=port, token=token.value,
+                        allowed_hosts=allowed_hosts)
         async with web.running():
             typer.echo(f"APIS operations UI: {web.url}")
-            typer.echo(f"control token: {web.token}")
-            typer.echo(f"open with the token: {web.url_with_token}")
+            typer.echo(f"control token: in {token.source}")
+            typer.echo(f"one-time login link (works once, within {web.logins.ttl_s:g} s): "
+                       f"{web.login_url()}")
             typer.echo(f"API docs: {web.url}docs")
             await asyncio.Event().wait()  # until Ctrl-C
     finally:
@@ -40,21 +51,37 @@ def register(app: typer.Typer) -> None:
                                 "e.g. nats://127.0.0.1:4222."),
         host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to listen on."),
         port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on."),
-        token: str | None = typer.Option(
-            None, "--token", help="Control token (default: $APIS_WEB_TOKEN, else a new "
-            "random token printed at start-up)."
-        ),
+        token_file: Annotated[Path | None, typer.Option(
+            "--token-file", dir_okay=False,
+            help=f"File with the control token (mode 0600; created with a new random token "
+            f"if it does not exist). Default: ${TOKEN_ENV} if set, else {DEFAULT_TOKEN_FILE}."
+        )] = None,
+        token: Annotated[str | None, typer.Option("--token", hidden=True)] = None,
+        allow_host: Annotated[list[str] | None, typer.Option(
+            "--allow-host", help="Another name the UI is reached by (NAME: any port, or "
+            "NAME:PORT), e.g. behind a reverse proxy; repeat for more. Requests naming any "
+            "other Host or Origin are refused.")] = None,
         history: str = typer.Option(":memory:", "--history",
                                     help="SQLite file for deal/error/mode history."),
     ) -> None:
         """Serve the operations web UI and API for a cluster on a NATS bus."""
+        if token is not None:
+            raise typer.BadParameter(TOKEN_ON_COMMAND_LINE)
         if not bus.startswith(("nats://", "tls://")):
             raise typer.BadParameter(f"--bus = {bus!r} (must be a nats:// or tls:// URL)")
         if not 0 <= port <= 65535:
             raise typer.BadParameter(f"--port = {port} (must be within 0..65535)")
         try:
-            asyncio.run(_serve(bus, host, port, token or os.environ.get("APIS_WEB_TOKEN"),
-                               history))
+            names = HostNames.parse(allow_host or [])
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        try:
+            control = control_token(token_file)
+        except TokenError as e:
+            typer.echo(f"apis web: control token: {e}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            asyncio.run(_serve(bus, host, port, control, history, names))
         except KeyboardInterrupt:
             typer.echo("stopped")
         except (OSError, BusError) as e:

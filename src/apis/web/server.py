@@ -4,7 +4,7 @@ The demo runs its cluster and the web app on one loop (a scaled-time loop):
 
     web = WebServer(hub.connect("web"), world=world, port=8080)
     async with web.running():
-        print(f"operations UI: {web.url_with_token}")
+        print(f"operations UI: {web.login_url()}")   # a one-time login link, not the token
         ...                                   # the cluster runs meanwhile
 
 uvicorn's keep-alive and shutdown timeouts are loop seconds; they are given here in real
@@ -16,27 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from apis.bus.base import Bus
+from apis.httpguard import HostNames
 from apis.listening import CommandServer, bind_listener
 from apis.store.history import HistoryStore
 from apis.web.app import create_app
 from apis.web.service import Operations, loop_seconds
+from apis.web.token import LoginCodes, new_token
 
 if TYPE_CHECKING:
     from apis.emulator.world import World
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(18)
 
 
 class WebServer:
@@ -53,13 +50,16 @@ class WebServer:
         token: str | None = None,
         refresh_real_s: float = 1.0,
         log_level: str = "warning",
+        allowed_hosts: HostNames | None = None,
     ) -> None:
         self.token = token or new_token()
         self.host = host
         self.port = port
         self.log_level = log_level
+        self.logins = LoginCodes()
         self.app = create_app(bus, token=self.token, world=world, store=store,
-                              refresh_real_s=refresh_real_s)
+                              refresh_real_s=refresh_real_s, allowed_hosts=allowed_hosts,
+                              logins=self.logins)
         self.server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -75,11 +75,11 @@ class WebServer:
             host = "127.0.0.1"
         return f"http://{host}:{self.port}/"
 
-    @property
-    def url_with_token(self) -> str:
-        """The page's address with the control token in the fragment (never sent to a
-        server; the page keeps it for its actions)."""
-        return f"{self.url}#token={self.token}"
+    def login_url(self) -> str:
+        """The page's address with a new one-time login code in the fragment: the page
+        trades it for the token once (`apis.web.token`). Printing it does not print the
+        token, and a used or expired link is worth nothing."""
+        return f"{self.url}#login={self.logins.issue()}"
 
     async def start(self) -> None:
         config = uvicorn.Config(

@@ -38,13 +38,26 @@ function authHeaders() {
   const t = token();
   return t ? { Authorization: "Bearer " + t } : {};
 }
-(function takeTokenFromAddress() {
-  const m = location.hash.match(/token=([^&]+)/);
-  if (m) {
-    sessionStorage.setItem("apisToken", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname + location.search);
-  }
+// A one-time login link (`#login=CODE`, printed at start-up): the code leaves the address at
+// once and is traded for the token, which this tab keeps; the token itself is never printed.
+const loginCode = (function takeLoginFromAddress() {
+  const m = location.hash.match(/login=([^&]+)/);
+  if (!m) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  return decodeURIComponent(m[1]);
 })();
+async function login(code) {
+  try {
+    const r = await fetch("/api/login", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ code }),
+    });
+    const data = await r.json().catch(() => ({}));
+    if (r.ok && data.token) { setToken(data.token); return; }
+    checkToken();
+    if (!token()) $("#token-state").textContent = "login link used or expired: enter the token";
+  } catch (e) { checkToken(); }
+}
 
 // ---- actions --------------------------------------------------------------------------
 
@@ -468,6 +481,6 @@ window.addEventListener("DOMContentLoaded", () => {
   $("#sched-global-clear").addEventListener("click", () => clearSchedule(null));
   $("#sched-local-set").addEventListener("click", () => schedule(state.selected, "#sched-local-at"));
   $("#sched-local-clear").addEventListener("click", () => clearSchedule(state.selected));
-  checkToken();
+  if (loginCode) login(loginCode); else checkToken();
   connect();
 });

@@ -57,6 +57,7 @@ from apis.bus.base import (
     RemoteFailure,
     RequestTimeout,
     RevisionMismatch,
+    signer_of,
 )
 from apis.bus.memory import cancel_and_wait, check_bucket, check_key
 
@@ -298,7 +299,11 @@ class NatsBus:
     async def _handle(self, handler: Handler, msg: Msg) -> None:
         reply = msg.reply or None
         try:
-            message = Message(msg.subject, decode(msg.data), dict(msg.headers or {}), reply)
+            # The server let only the identity a signed subject names publish on it.
+            message = Message(
+                msg.subject, decode(msg.data), dict(msg.headers or {}), reply,
+                signer_of(msg.subject),
+            )
             result = await handler(message)
             data = encode(result) if reply is not None else b""
         except Exception as exc:

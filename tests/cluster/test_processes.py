@@ -159,7 +159,7 @@ async def test_a_paused_grid_master_cannot_move_a_converter(make_cluster: Cluste
         # What a stale Grid Master's command looks like to a Controller: refused by epoch.
         with pytest.raises(RemoteFailure) as refused:
             await observer.bus.request(
-                subjects.controller_control("E001"),
+                subjects.controller_control("E001", "E003"),
                 {"command": "WAIT", "params": {}},
                 {subjects.GRID_MASTER_UNIT_ID: "E003",
                  subjects.GRID_MASTER_EPOCH: str(stale.epoch)},

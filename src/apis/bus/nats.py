@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -55,6 +56,7 @@ from apis.bus.base import (
     KeyExists,
     Message,
     NoHandlers,
+    PermissionDenied,
     RemoteFailure,
     RequestTimeout,
     RevisionMismatch,
@@ -74,6 +76,7 @@ _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _KV_OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"  # a server-placed marker (expiry by max_age, ...)
 _DELETE_OPERATIONS = ("DEL", "PURGE")
+_VIOLATION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 NO_RESPONDERS_PAUSE_S = 0.05  # before the one second try of a request nobody answered
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
 
@@ -150,6 +153,7 @@ class NatsBus:
         replicas: int | None,
         kv_timeout: float,
         kv_attempts: int,
+        refused: dict[str, float] | None = None,
     ) -> None:
         self._nc = nc
         self.name = name
@@ -161,6 +165,9 @@ class NatsBus:
         self._watchers: set[_NatsKV.KeyWatcher] = set()
         self._closed = False
         self._nuid = NUID()
+        # subject -> loop time the server last refused our publishing on it (filled by the
+        # connection's error callback)
+        self._refused: dict[str, float] = refused if refused is not None else {}
 
     @classmethod
     async def connect(
@@ -198,8 +205,13 @@ class NatsBus:
         """
         urls = [servers] if isinstance(servers, str) else list(servers)
 
+        refused: dict[str, float] = {}
+
         async def on_error(exc: Exception) -> None:
             log.warning("%s: nats: %r", name, exc)
+            violation = _VIOLATION.search(str(exc))
+            if violation is not None:  # the server names the subject (nats-py lowercases it)
+                refused[violation.group(1).lower()] = asyncio.get_running_loop().time()
 
         async def on_disconnected() -> None:
             log.info("%s: nats disconnected", name)
@@ -254,7 +266,8 @@ class NatsBus:
                 "did not use it"
             )
         nc.options["max_reconnect_attempts"] = -1  # a unit outlives server restarts
-        return cls(nc, name=name, replicas=replicas, kv_timeout=kv_timeout, kv_attempts=kv_attempts)
+        return cls(nc, name=name, replicas=replicas, kv_timeout=kv_timeout,
+                   kv_attempts=kv_attempts, refused=refused)
 
     def __repr__(self) -> str:
         return f"<NatsBus {self.name} {self._nc.connected_url}>"
@@ -267,6 +280,15 @@ class NatsBus:
     def _check_open(self) -> None:
         if self._closed:
             raise BusError(f"bus {self.name} is closed")
+
+    def _check_refused(self, subject: str, since: float) -> None:
+        """PermissionDenied if the server refused a publish on `subject` since `since`
+        (it says so asynchronously; a refused request or write would only time out)."""
+        at = self._refused.get(subject.lower())
+        if at is not None and at >= since:
+            raise PermissionDenied(
+                f"{self.name} may not publish on {subject} (refused by the server)"
+            )
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -360,6 +382,7 @@ class NatsBus:
         except nats.errors.NoRespondersError:
             raise NoHandlers(f"no handlers for {subject}") from None
         except nats.errors.TimeoutError:
+            self._check_refused(subject, deadline - timeout)
             raise RequestTimeout(f"no reply on {subject} within {timeout} s") from None
         except nats.errors.Error as exc:
             raise BusError(f"request on {subject}: {exc!r}") from exc
@@ -499,6 +522,7 @@ class NatsKeyValue:
         headers = {**headers, _MSG_ID: msg_id}
         subject = self._prefix + key
         delay = 0.25
+        began = asyncio.get_running_loop().time()
         for attempt in range(1, self._bus.kv_attempts + 1):
             try:
                 ack = await self._js.publish(subject, data, headers=dict(headers))
@@ -508,6 +532,7 @@ class NatsKeyValue:
                     raise _Conflict(str(exc)) from exc
                 if not _is_transient(exc):
                     raise
+                self._bus._check_refused(subject, began)  # not ours to write: no retry
                 failure = exc
             log.info(
                 "%s: write %s/%s: %r (attempt %d)",

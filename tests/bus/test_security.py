@@ -56,6 +56,8 @@ def test_a_unit_may_sign_only_as_itself_and_not_set_the_mode() -> None:
     assert "apis.*.Controller.control.device.from.E002" in published
     assert not any("from.E001" in s or "from.*" in s for s in published)
     assert not any("operationMode" in s for s in published)
+    assert not any(s.endswith(("Controller.control.manual", "*.shutdown", "deal.create"))
+                   for s in published)  # the operations interface is the web's
     assert "apis.operationMode" in unit["subscribe"]["deny"]
     web = permissions(WEB, UNITS)["publish"]["allow"]
     assert "apis.operationMode" in web and "$KV.apis_state.operationMode" in web

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -155,3 +158,39 @@ async def test_the_generated_server_config_enforces_identities(
     finally:
         for bus in (e001, e002, web, records):
             await bus.close()
+
+
+@pytest.mark.timeout(120)
+async def test_apis_web_connects_with_the_web_bus_config(secured: tuple[Path, str]) -> None:
+    directory, _ = secured
+    result = CliRunner().invoke(app, ["web", "--bus-config", str(directory / "nowhere.json")])
+    assert result.exit_code == 2 and "nowhere.json" in result.output
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "apis", "web", "--bus-config", str(directory / "web" / "bus.json"),
+        "--port", "0", "--token", "t",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert line.startswith("APIS operations UI: http://127.0.0.1:"), line
+        base = line.split(": ", 1)[1].strip()
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            # no unit answers the request: the web writes the key itself, as a secured bus has it
+            r = await client.put("/api/operation-mode", json={"mode": "heteronomous"},
+                                 headers={"Authorization": "Bearer t"})
+            assert r.status_code == 200, r.text
+        records = await connect_from(directory / "records" / "bus.json", "records")
+        try:
+            entry = await (await records.kv("apis_state")).get("operationMode")
+        finally:
+            await records.close()
+        assert entry is not None and entry.value == "heteronomous"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -15,6 +15,8 @@ from apis.bus.base import (
     RemoteFailure,
     RequestTimeout,
     RevisionMismatch,
+    signed,
+    signer_of,
 )
 from tests.bus.conftest import Network, unique
 
@@ -106,6 +108,22 @@ async def test_queue_group_gives_each_message_to_one_member(network: Network) ->
                 received.append(member.messages.get_nowait().payload)
     await asyncio.gather(*(member.nothing_more() for member in members))
     assert sorted(received) == list(range(count))  # each exactly once
+
+
+async def test_a_signed_subject_names_its_sender(network: Network) -> None:
+    """What a receiver learns of the sender comes from the bus, not the message."""
+    a = await network.connect("E001")
+    b = await network.connect("E002")
+    base = f"apis.{unique('E')}.Controller.control.device"
+    assert signer_of(signed(base, "E001")) == "E001" and signer_of(base) is None
+    on_b = Inbox(reply="done")
+    await b.subscribe(signed(base, "*"), on_b)
+    reply = await a.request(signed(base, "E001"), {"command": "WAIT"},
+                            {"gridMasterUnitId": "E003"}, timeout=WAIT)
+    assert reply == "done"
+    message = await on_b.next()
+    assert message.sender == "E001"  # whatever the headers claim
+    assert message.headers["gridMasterUnitId"] == "E003"
 
 
 async def test_request_reply(network: Network) -> None:

@@ -19,6 +19,7 @@ from apis.bus.base import (
     NoHandlers,
     RemoteFailure,
     RequestTimeout,
+    SenderRefused,
 )
 from apis.bus.memory import (
     MemoryBus,
@@ -529,8 +530,8 @@ def test_ended_handler_tasks_are_dropped_and_close_cancels_the_rest() -> None:
 
 def test_message_is_built_as_the_dataclass_would() -> None:
     headers = {"a": "b"}
-    built = _message("apis.x", {"n": 1}, headers, "_INBOX.1.1")
-    expected = Message("apis.x", {"n": 1}, headers, "_INBOX.1.1")
+    built = _message("apis.x", {"n": 1}, headers, "_INBOX.1.1", "E001")
+    expected = Message("apis.x", {"n": 1}, headers, "_INBOX.1.1", "E001")
     assert built == expected and repr(built) == repr(expected)
     for field in dataclasses.fields(Message):  # every field is set (one added later, too)
         assert getattr(built, field.name) == getattr(expected, field.name)
@@ -622,3 +623,30 @@ async def test_kv_values_are_read_only_and_shared_by_their_readers() -> None:
     await changes.aclose()
     await a.close()
     await b.close()
+
+
+async def test_an_endpoint_cannot_publish_as_another() -> None:
+    """The in-memory bus enforces what the NATS permissions do: a signed subject only from
+    the endpoint it names; a plain subject's message names its endpoint."""
+    hub = MemoryHub()
+    a, rogue = hub.connect("E001"), hub.connect("rogue")
+    got: list[Message] = []
+
+    async def record(message: Message) -> str:
+        got.append(message)
+        return "ok"
+
+    await a.subscribe("apis.E001.Controller.control.device.from.*", record)
+    await a.subscribe("apis.plain", record)
+    with pytest.raises(SenderRefused, match="rogue may not publish"):
+        await rogue.request("apis.E001.Controller.control.device.from.E002", {"command": "WAIT"})
+    with pytest.raises(SenderRefused):
+        await rogue.publish("apis.E001.Controller.control.device.from.E002")
+    assert got == []
+    assert await rogue.request("apis.E001.Controller.control.device.from.rogue") == "ok"
+    await rogue.publish("apis.plain")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [m.sender for m in got] == ["rogue", "rogue"]
+    await a.close()
+    await rogue.close()

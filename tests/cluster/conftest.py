@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from apis.bus.nats import NatsBus
+from apis.bus.security import RECORDS
 from apis.process.cluster import LocalCluster
 from apis.unit.registry import GridMasterLock, Registry
 
@@ -81,8 +82,13 @@ class Observer:
         self.registry = registry
 
     @classmethod
-    async def connect(cls, cluster: LocalCluster, **options: Any) -> Observer:
-        bus = await NatsBus.connect(cluster.nats.urls, name="observer", **options)
+    async def connect(
+        cls, cluster: LocalCluster, identity: str = RECORDS, **options: Any
+    ) -> Observer:
+        """A client of the cluster's bus; on a secured bus with `identity`'s certificate."""
+        if cluster.secure:
+            options.setdefault("tls", cluster.tls_context(identity))
+        bus = await NatsBus.connect(cluster.nats.urls, name=f"observer-{identity}", **options)
         return cls(cluster, bus, await Registry.open(bus))
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from apis.bus.base import RemoteFailure
+from apis.bus.nats import NatsBus
 from apis.unit import subjects
 from tests.cluster.conftest import (
     ClusterFactory,
@@ -157,14 +158,20 @@ async def test_a_paused_grid_master_cannot_move_a_converter(make_cluster: Cluste
         for unit_id in ("E001", "E002", "E004"):
             assert _refusals(cluster.units[unit_id].log_text()) == 0, unit_id
         # What a stale Grid Master's command looks like to a Controller: refused by epoch.
-        with pytest.raises(RemoteFailure) as refused:
-            await observer.bus.request(
-                subjects.controller_control("E001"),
-                {"command": "WAIT", "params": {}},
-                {subjects.GRID_MASTER_UNIT_ID: "E003",
-                 subjects.GRID_MASTER_EPOCH: str(stale.epoch)},
-                timeout=10,
-            )
+        stale_gm = await NatsBus.connect(
+            cluster.nats.urls, name="stale-E003", tls=cluster.tls_context("E003")
+        )
+        try:
+            with pytest.raises(RemoteFailure) as refused:
+                await stale_gm.request(
+                    subjects.controller_control("E001", "E003"),
+                    {"command": "WAIT", "params": {}},
+                    {subjects.GRID_MASTER_UNIT_ID: "E003",
+                     subjects.GRID_MASTER_EPOCH: str(stale.epoch)},
+                    timeout=10,
+                )
+        finally:
+            await stale_gm.close()
         assert "epoch" in str(refused.value)
         assert _refusals(cluster.units["E001"].log_text()) == 1
         a, b = await wait_recorded_on_both(observer, deal["dealId"], 90)

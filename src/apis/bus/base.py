@@ -3,6 +3,12 @@
 Payloads are JSON values (dict, list, str, int, float, bool, None); headers are strings.
 Subjects are dot-separated strings like ``apis.E001.Controller.data``.
 
+A message says who sent it (`Message.sender`) only as far as the bus can vouch for it: a
+subject made with `signed` ends in ``from.<sender>``, and publishing on it as anybody else
+is refused (the in-memory bus checks the endpoint's name, NATS the user's publish
+permissions, see `apis.bus.security`), so a receiver learns an authenticated identity
+instead of a claim in the headers or the payload.
+
 The key-value store holds the cluster's shared state: the Grid Master lock (whose revision is
 the fencing token), the deal registry, the global operation mode, the cluster policy.
 """
@@ -40,12 +46,41 @@ class RevisionMismatch(BusError):
     """`update` or `delete` named a revision that is no longer the key's latest."""
 
 
+SENDER_MARK = "from"
+
+
+def signed(subject: str, sender: str) -> str:
+    """`subject` with the sender's identity as its last token (``<subject>.from.<sender>``);
+    ``sender="*"`` makes the pattern a receiver subscribes to."""
+    return f"{subject}.{SENDER_MARK}.{sender}"
+
+
+def signer_of(subject: str) -> str | None:
+    """The identity a `signed` subject names, else None."""
+    head, _, sender = subject.rpartition(".")
+    if not sender or not head.endswith("." + SENDER_MARK) or sender in ("*", ">"):
+        return None
+    return sender
+
+
+class PermissionDenied(BusError):
+    """The bus refused to carry a message: this client may not publish on the subject."""
+
+
+class SenderRefused(PermissionDenied):
+    """Publishing on a `signed` subject that names somebody else."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     subject: str
     payload: JSON
     headers: Mapping[str, str] = field(default_factory=dict)
     reply: str | None = None  # set when the sender waits for a reply
+    # Who published it, as the bus vouches for it (not what the message says): on a `signed`
+    # subject, always that subject's identity; elsewhere the endpoint's name on the
+    # in-memory bus and None over NATS.
+    sender: str | None = None
 
 
 # A handler returns the reply payload (ignored for published messages). Raising an exception

@@ -53,6 +53,7 @@ from typing import Any
 
 from apis.bus.base import (
     JSON,
+    SENDER_MARK,
     BusError,
     Change,
     Entry,
@@ -63,6 +64,8 @@ from apis.bus.base import (
     RemoteFailure,
     RequestTimeout,
     RevisionMismatch,
+    SenderRefused,
+    signer_of,
 )
 
 log = logging.getLogger(__name__)
@@ -81,15 +84,19 @@ _set_subject = Message.__dict__["subject"].__set__
 _set_payload = Message.__dict__["payload"].__set__
 _set_headers = Message.__dict__["headers"].__set__
 _set_reply = Message.__dict__["reply"].__set__
+_set_sender = Message.__dict__["sender"].__set__
 
 
-def _message(subject: str, payload: JSON, headers: Mapping[str, str], reply: str | None) -> Message:
-    """``Message(subject, payload, headers, reply)``, faster."""
+def _message(
+    subject: str, payload: JSON, headers: Mapping[str, str], reply: str | None, sender: str
+) -> Message:
+    """``Message(subject, payload, headers, reply, sender)``, faster."""
     message: Message = _new_object(Message)
     _set_subject(message, subject)
     _set_payload(message, payload)
     _set_headers(message, headers)
     _set_reply(message, reply)
+    _set_sender(message, sender)
     return message
 
 
@@ -174,6 +181,17 @@ def read_only_json(value: JSON) -> JSON:
 def check_subject(subject: str) -> None:
     if not subject or " " in subject or ".." in subject or subject[0] == "." or subject[-1] == ".":
         raise ValueError(f"subject {subject!r} (must be dot-separated non-empty tokens)")
+
+
+_SIGNED_INFIX = f".{SENDER_MARK}."
+
+
+def check_signer(subject: str, name: str) -> None:
+    """A `signed` subject may be published on only by the endpoint it names (what the NATS
+    server's permissions enforce there)."""
+    signer = signer_of(subject)
+    if signer is not None and signer != name:
+        raise SenderRefused(f"{name} may not publish on {subject} (signed by {signer})")
 
 
 def check_key(key: str) -> None:
@@ -482,6 +500,8 @@ class MemoryHub:
         from the sender still counts as interest, as a NATS server would see it). A payload
         handed over goes uncopied to a subject's only subscriber.
         """
+        if _SIGNED_INFIX in subject:
+            check_signer(subject, sender.name)
         subs = self._match(subject)
         if not subs:
             return -1
@@ -496,7 +516,7 @@ class MemoryHub:
             if not receiver._connected or receiver._zone != zone:
                 continue
             if sub.queue is None:
-                receiver._deliver(sub, subject, payload, headers, reply, owned)
+                receiver._deliver(sub, subject, payload, headers, reply, sender.name, owned)
                 delivered += 1
             else:
                 if groups is None:
@@ -507,7 +527,7 @@ class MemoryHub:
                 turn = self._round_robin.get((subject, queue, zone), 0)
                 self._round_robin[(subject, queue, zone)] = turn + 1
                 sub = members[turn % len(members)]
-                sub.bus._deliver(sub, subject, payload, headers, reply, owned)
+                sub.bus._deliver(sub, subject, payload, headers, reply, sender.name, owned)
                 delivered += 1
         self.delivered += delivered
         return delivered
@@ -639,11 +659,12 @@ class MemoryBus:
         payload: JSON,
         headers: Mapping[str, str] | None,
         reply: str | None,
+        sender: str,
         owned: bool = False,
     ) -> None:
         if not owned and type(payload) not in _SCALAR_TYPES:
             payload = copy_json(payload)
-        message = _message(subject, payload, dict(headers) if headers else {}, reply)
+        message = _message(subject, payload, dict(headers) if headers else {}, reply, sender)
         task = asyncio.get_running_loop().create_task(self._handle(sub, message))
         # No done callback (it would be one more loop event per message): ended tasks are
         # dropped when the list has doubled since the last pruning.

@@ -28,8 +28,10 @@ stream leader) during a server failover is retried a bounded number of times:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -54,9 +56,11 @@ from apis.bus.base import (
     KeyExists,
     Message,
     NoHandlers,
+    PermissionDenied,
     RemoteFailure,
     RequestTimeout,
     RevisionMismatch,
+    signer_of,
 )
 from apis.bus.memory import cancel_and_wait, check_bucket, check_key
 
@@ -72,6 +76,7 @@ _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _KV_OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"  # a server-placed marker (expiry by max_age, ...)
 _DELETE_OPERATIONS = ("DEL", "PURGE")
+_VIOLATION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 NO_RESPONDERS_PAUSE_S = 0.05  # before the one second try of a request nobody answered
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
 
@@ -148,6 +153,7 @@ class NatsBus:
         replicas: int | None,
         kv_timeout: float,
         kv_attempts: int,
+        refused: dict[str, float] | None = None,
     ) -> None:
         self._nc = nc
         self.name = name
@@ -159,6 +165,9 @@ class NatsBus:
         self._watchers: set[_NatsKV.KeyWatcher] = set()
         self._closed = False
         self._nuid = NUID()
+        # subject -> loop time the server last refused our publishing on it (filled by the
+        # connection's error callback)
+        self._refused: dict[str, float] = refused if refused is not None else {}
 
     @classmethod
     async def connect(
@@ -196,8 +205,13 @@ class NatsBus:
         """
         urls = [servers] if isinstance(servers, str) else list(servers)
 
+        refused: dict[str, float] = {}
+
         async def on_error(exc: Exception) -> None:
             log.warning("%s: nats: %r", name, exc)
+            violation = _VIOLATION.search(str(exc))
+            if violation is not None:  # the server names the subject (nats-py lowercases it)
+                refused[violation.group(1).lower()] = asyncio.get_running_loop().time()
 
         async def on_disconnected() -> None:
             log.info("%s: nats disconnected", name)
@@ -220,24 +234,29 @@ class NatsBus:
             options["token"] = token
         if creds is not None:
             options["user_credentials"] = creds
+        # nats-py can wait forever on a first connection whose TLS handshake failed (a
+        # nats:// URL to a server that requires TLS): bound it by the rounds it may take.
+        limit = connect_attempts * len(urls) * (connect_timeout + reconnect_wait) + connect_timeout
+        connection: dict[str, Any] = {
+            "name": name,
+            "allow_reconnect": True,
+            # A first connection that fails (wrong password, no server) is reported after a
+            # few rounds over the servers; once connected, reconnect forever (below).
+            "max_reconnect_attempts": connect_attempts,
+            "reconnect_time_wait": reconnect_wait,
+            "connect_timeout": connect_timeout,
+            "ping_interval": ping_interval,
+            "max_outstanding_pings": 3,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected,
+        }
+        nc = Client()
         try:
-            nc = await nats.connect(
-                urls,
-                name=name,
-                allow_reconnect=True,
-                # A first connection that fails (wrong password, no server) is reported after
-                # a few rounds over the servers; once connected, reconnect forever (below).
-                max_reconnect_attempts=connect_attempts,
-                reconnect_time_wait=reconnect_wait,
-                connect_timeout=connect_timeout,
-                ping_interval=ping_interval,
-                max_outstanding_pings=3,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                **options,
-            )
-        except (nats.errors.Error, OSError) as exc:
+            await asyncio.wait_for(nc.connect(urls, **{**connection, **options}), limit)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await nc.close()
             raise BusError(f"{name}: cannot connect to NATS at {', '.join(urls)}: {exc!r}") from exc
         if tls is not None and not uses_tls(nc):
             url = nc.connected_url.geturl() if nc.connected_url else ", ".join(urls)
@@ -247,7 +266,8 @@ class NatsBus:
                 "did not use it"
             )
         nc.options["max_reconnect_attempts"] = -1  # a unit outlives server restarts
-        return cls(nc, name=name, replicas=replicas, kv_timeout=kv_timeout, kv_attempts=kv_attempts)
+        return cls(nc, name=name, replicas=replicas, kv_timeout=kv_timeout,
+                   kv_attempts=kv_attempts, refused=refused)
 
     def __repr__(self) -> str:
         return f"<NatsBus {self.name} {self._nc.connected_url}>"
@@ -260,6 +280,15 @@ class NatsBus:
     def _check_open(self) -> None:
         if self._closed:
             raise BusError(f"bus {self.name} is closed")
+
+    def _check_refused(self, subject: str, since: float) -> None:
+        """PermissionDenied if the server refused a publish on `subject` since `since`
+        (it says so asynchronously; a refused request or write would only time out)."""
+        at = self._refused.get(subject.lower())
+        if at is not None and at >= since:
+            raise PermissionDenied(
+                f"{self.name} may not publish on {subject} (refused by the server)"
+            )
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -298,7 +327,11 @@ class NatsBus:
     async def _handle(self, handler: Handler, msg: Msg) -> None:
         reply = msg.reply or None
         try:
-            message = Message(msg.subject, decode(msg.data), dict(msg.headers or {}), reply)
+            # The server let only the identity a signed subject names publish on it.
+            message = Message(
+                msg.subject, decode(msg.data), dict(msg.headers or {}), reply,
+                signer_of(msg.subject),
+            )
             result = await handler(message)
             data = encode(result) if reply is not None else b""
         except Exception as exc:
@@ -349,6 +382,7 @@ class NatsBus:
         except nats.errors.NoRespondersError:
             raise NoHandlers(f"no handlers for {subject}") from None
         except nats.errors.TimeoutError:
+            self._check_refused(subject, deadline - timeout)
             raise RequestTimeout(f"no reply on {subject} within {timeout} s") from None
         except nats.errors.Error as exc:
             raise BusError(f"request on {subject}: {exc!r}") from exc
@@ -490,6 +524,7 @@ class NatsKeyValue:
         headers = {**headers, _MSG_ID: msg_id}
         subject = self._prefix + key
         delay = 0.25
+        began = asyncio.get_running_loop().time()
         for attempt in range(1, self._bus.kv_attempts + 1):
             try:
                 ack = await self._js.publish(subject, data, headers=dict(headers))
@@ -499,6 +534,7 @@ class NatsKeyValue:
                     raise _Conflict(str(exc)) from exc
                 if not _is_transient(exc):
                     raise
+                self._bus._check_refused(subject, began)  # not ours to write: no retry
                 failure = exc
             log.info(
                 "%s: write %s/%s: %r (attempt %d)",

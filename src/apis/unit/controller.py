@@ -287,7 +287,9 @@ class Controller:
         return [
             await self.bus.subscribe(subjects.controller_data(self.unit_id), self._on_data),
             await self.bus.subscribe(subjects.CONTROLLER_DATA_ALL, self._on_data_all),
-            await self.bus.subscribe(subjects.controller_control(self.unit_id), self._on_control),
+            await self.bus.subscribe(
+                subjects.controller_control(self.unit_id, "*"), self._on_control
+            ),
             await self.bus.subscribe(subjects.CONTROLLER_SCRAM, self._on_scram),
             await self.bus.subscribe(
                 subjects.controller_control_manual(self.unit_id), self._on_manual
@@ -309,7 +311,7 @@ class Controller:
 
     async def _on_control(self, msg: Message) -> Any:
         try:
-            await self._check_grid_master(msg.headers)
+            await self._check_grid_master(msg)
         except CommandError as e:  # fencing: a stale or foreign Grid Master is refused
             log.error("(LOGIC:LOCAL:ERROR:%s) converter command refused: %s", self.unit_id, e)
             raise
@@ -372,11 +374,23 @@ class Controller:
         await self.stop_local()
         return None
 
-    async def _check_grid_master(self, headers: Any) -> None:
-        """Converter commands come only from the Grid Master holding the lock (fencing)."""
-        sender = headers.get(subjects.GRID_MASTER_UNIT_ID)
+    async def _check_grid_master(self, msg: Message) -> None:
+        """Converter commands come only from the Grid Master holding the lock (fencing).
+
+        Who sent it is the bus's word (`Message.sender`: the identity the signed subject
+        names, which only that identity may publish on), never the headers': they, the lease
+        and the epoch are readable by any bystander.
+        """
+        headers = msg.headers
+        sender = msg.sender
         if sender not in self.policy.member_unit_ids:
-            raise CommandError(f"{subjects.GRID_MASTER_UNIT_ID} = {sender!r} (not a member)")
+            raise CommandError(f"sender = {sender!r} (not a member)")
+        claimed = headers.get(subjects.GRID_MASTER_UNIT_ID, sender)
+        if claimed != sender:
+            raise CommandError(
+                f"{subjects.GRID_MASTER_UNIT_ID} = {claimed!r} from sender {sender} (must be "
+                "the sender)"
+            )
         try:
             epoch = int(headers.get(subjects.GRID_MASTER_EPOCH, ""))
         except ValueError:

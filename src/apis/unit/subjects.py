@@ -20,6 +20,10 @@ Operations interface (for the web UI and other tools; payloads are JSON):
   -> reply = the unit's ``dcdc`` object. Refused unless the unit's effective mode is
   ``manual``; limits are checked as for every command; VOLTAGE_REFERENCE is refused while the
   grid already carries a voltage (another source may hold it).
+- `apis.<id>.Controller.control.device.from.<gm>` (units only): a converter command of the
+  Grid Master `<gm>` (signed: the bus vouches that `<gm>` sent it; headers
+  ``gridMasterUnitId`` = `<gm>` and ``gridMasterEpoch``). The Controller obeys only the
+  holder of the Grid Master lease at that epoch.
 - `apis.<id>.shutdown` (request -> ``"ok"``) and `apis.shutdown.all` (publish): the orderly
   shutdown of spec 1.4 (ask the Grid Master to stop this unit's deals, converter to Waiting,
   Grid Master deactivated, process ends).
@@ -31,6 +35,8 @@ Operations interface (for the web UI and other tools; payloads are JSON):
 """
 
 from __future__ import annotations
+
+from apis.bus.base import signed
 
 # headers
 GRID_MASTER_UNIT_ID = "gridMasterUnitId"
@@ -69,8 +75,11 @@ def controller_data(unit_id: str) -> str:
     return f"apis.{unit_id}.Controller.data"
 
 
-def controller_control(unit_id: str) -> str:
-    return f"apis.{unit_id}.Controller.control.device"
+def controller_control(unit_id: str, sender: str) -> str:
+    """Converter commands to `unit_id`, signed by the Grid Master `sender` (``"*"``: the
+    Controller's subscription): the bus vouches for the sender, the Controller checks it
+    against the lease."""
+    return signed(f"apis.{unit_id}.Controller.control.device", sender)
 
 
 def user_error_test(unit_id: str) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from apis.bus.base import BusError
+from apis.config.unitconfig import BusConfig
 from apis.httpguard import HostNames
 from apis.web.server import DEFAULT_HOST, DEFAULT_PORT
 from apis.web.token import TOKEN_ENV, ControlToken, TokenError, control_token, default_token_file
@@ -20,14 +21,25 @@ TOKEN_ON_COMMAND_LINE = (
 )
 
 
-async def _serve(bus_url: str, host: str, port: int, token: ControlToken, history: str,
+async def _serve(bus_url: str | None, bus_config: tuple[BusConfig, Path] | None, host: str,
+                 port: int, token: ControlToken, history: str,
                  allowed_hosts: HostNames) -> None:
     from apis.bus.nats import NatsBus
     from apis.store.history import HistoryStore
     from apis.web.server import WebServer
 
-    servers = [s.strip() for s in bus_url.split(",") if s.strip()]
-    bus = await NatsBus.connect(servers, name="apis-web")
+    if bus_config is not None:  # a secured bus: servers, TLS and the web's certificate
+        from apis.process.unit import UnitRefused, connect_bus
+
+        config, base = bus_config
+        try:
+            bus = await connect_bus(config, base, "apis-web")
+        except UnitRefused as e:
+            raise BusError(str(e)) from None
+    else:
+        assert bus_url is not None
+        servers = [s.strip() for s in bus_url.split(",") if s.strip()]
+        bus = await NatsBus.connect(servers, name="apis-web")
     store = HistoryStore(history)
     try:
         web = WebServer(bus, store=store, host=host, port=port, token=token.value,
@@ -47,8 +59,12 @@ async def _serve(bus_url: str, host: str, port: int, token: ControlToken, histor
 def register(app: typer.Typer) -> None:
     @app.command("web")
     def web(
-        bus: str = typer.Option(..., "--bus", help="NATS server URL(s), comma-separated, "
-                                "e.g. nats://127.0.0.1:4222."),
+        bus: str | None = typer.Option(None, "--bus", help="NATS server URL(s), "
+                                       "comma-separated, e.g. nats://127.0.0.1:4222."),
+        bus_config: Path | None = typer.Option(  # noqa: B008
+            None, "--bus-config", help="Instead of --bus: a JSON file like a unit's \"bus\" "
+            "key (servers, tls), e.g. web/bus.json of 'apis config secure'."
+        ),
         host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to listen on."),
         port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on."),
         token_file: Annotated[Path | None, typer.Option(
@@ -67,10 +83,19 @@ def register(app: typer.Typer) -> None:
         """Serve the operations web UI and API for a cluster on a NATS bus."""
         if token is not None:
             raise typer.BadParameter(TOKEN_ON_COMMAND_LINE)
-        if not bus.startswith(("nats://", "tls://")):
+        if (bus is None) == (bus_config is None):
+            raise typer.BadParameter("give --bus or --bus-config (one of them)")
+        if bus is not None and not bus.startswith(("nats://", "tls://")):
             raise typer.BadParameter(f"--bus = {bus!r} (must be a nats:// or tls:// URL)")
         if not 0 <= port <= 65535:
             raise typer.BadParameter(f"--port = {port} (must be within 0..65535)")
+        secured: tuple[BusConfig, Path] | None = None
+        if bus_config is not None:
+            try:
+                secured = (BusConfig.model_validate_json(bus_config.read_text()),
+                           bus_config.parent)
+            except (OSError, ValueError) as e:
+                raise typer.BadParameter(f"--bus-config = {bus_config}: {e}") from None
         try:
             names = HostNames.parse(allow_host or [])
         except ValueError as e:
@@ -81,7 +106,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"apis web: control token: {e}", err=True)
             raise typer.Exit(2) from None
         try:
-            asyncio.run(_serve(bus, host, port, control, history, names))
+            asyncio.run(_serve(bus, secured, host, port, control, history, names))
         except KeyboardInterrupt:
             typer.echo("stopped")
         except (OSError, BusError) as e:

@@ -19,11 +19,13 @@ from typing import Any, TypeVar
 import pytest
 
 from apis import clock
+from apis.bus.base import RemoteFailure
 from apis.bus.memory import MemoryHub
 from apis.emulator import World
 from apis.emulator.driver import EmulatedDriver
 from apis.hardware.driver import ConverterData
 from apis.hardware.modes import ConverterMode
+from apis.unit import subjects
 from apis.unit.controller import CommandError, Controller
 from apis.unit.registry import (
     VOLTAGE_REFERENCE_CLAIM_TTL_S,
@@ -292,3 +294,53 @@ def test_a_grid_master_s_first_deal_is_refused_by_another_s_claim(tmp_path: Path
     reason = rig.run(scenario)
     assert reason is not None and "claimed by E003 (claim elsewhere" in reason, reason
     assert all(w.mode is not VR for w in rig.writes() if w.kind == "set")
+
+
+def test_manual_takes_the_claim_first_and_gives_it_back_if_the_grid_is_held(
+    tmp_path: Path,
+) -> None:
+    """Manual VOLTAGE_REFERENCE: the claim first, so a second request is told who holds the
+    reference; the unit's grid check stays: with the grid held by a source that never
+    claimed (a converter set behind APIS's back) the request is refused and the claim it
+    took is given back."""
+
+    async def body(b: Bench) -> list[str]:
+        observer = b.hub.connect("operator")
+        for c in b.controllers.values():
+            c.state.global_mode = "manual"
+            await c.subscribe()
+
+        async def manual(unit_id: str) -> str:
+            try:
+                await observer.request(subjects.controller_control_manual(unit_id),
+                                       {"command": "VOLTAGE_REFERENCE", "params": {}},
+                                       {subjects.OPERATOR: "test"}, timeout=30)
+            except RemoteFailure as e:
+                return str(e)
+            return "ok"
+
+        outside = b.controllers["E001"].driver
+        await outside.set(VR, 350.0, 2.0, 0.0)
+
+        async def grid_up() -> bool:
+            return (await outside.read_converter()).meter.vg >= 340.0
+
+        await until(grid_up, 300)
+        seen = [await manual("E002"), str(await b.holder())]
+        await outside.set(WAIT, 350.0, 0.0, 0.0)
+        free_v = 300.0 + 2 * 10.0
+
+        async def grid_free() -> bool:
+            return (await outside.read_converter()).meter.vg <= free_v
+
+        await until(grid_free, 300)
+        seen += [await manual("E002"), await manual("E003"), ",".join(b.in_cv())]
+        await b.controllers["E002"].execute("WAIT", {})
+        return seen
+
+    grid_held, holder, ok, second, in_cv = _bench(tmp_path, body)
+    assert grid_held.startswith("manual VOLTAGE_REFERENCE refused: the grid already measures")
+    assert holder == "None"  # given back
+    assert ok == "ok" and in_cv == "E002"
+    assert second.startswith("VOLTAGE_REFERENCE on E003 refused: the voltage reference is "
+                             "claimed by E002 (claim "), second

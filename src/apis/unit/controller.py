@@ -357,23 +357,36 @@ class Controller:
             return (await self._start_current(ConverterMode[command], current)).to_json()
 
     async def _manual_voltage_reference(self, params: dict[str, Any]) -> ConverterData:
+        """The claim first (of concurrent requests one wins, the others are told who holds
+        it), then this unit's own check that no other source holds the grid yet."""
         self._refuse_if_unsafe("VOLTAGE_REFERENCE")
         p = self.policy
-        dcdc = await self._read_converter()
-        limit = p.operation_grid_voltage_v_range.min + 2 * p.grid_voltage_separation_v
-        if dcdc.mode is not ConverterMode.VOLTAGE_REFERENCE and dcdc.meter.vg > limit:
-            raise CommandError(
-                f"manual VOLTAGE_REFERENCE refused: the grid already measures "
-                f"{dcdc.meter.vg:.1f} V (> {limit:g} V: another source may hold it)"
-            )
         voltage = (
             self._voltage_param(params, "VOLTAGE_REFERENCE")
             if params.get("gridVoltageV") is not None
             else p.operation_grid_voltage_v
         )
-        result = await self._set_mode(
-            ConverterMode.VOLTAGE_REFERENCE, voltage, self.hw.grid_current_capacity_a, 0.0
-        )
+        self._entering_cv += 1
+        try:
+            await self._take_claim(None)
+            try:
+                dcdc = await self._read_converter()
+                limit = p.operation_grid_voltage_v_range.min + 2 * p.grid_voltage_separation_v
+                if dcdc.mode is not ConverterMode.VOLTAGE_REFERENCE and dcdc.meter.vg > limit:
+                    raise CommandError(
+                        f"manual VOLTAGE_REFERENCE refused: the grid already measures "
+                        f"{dcdc.meter.vg:.1f} V (> {limit:g} V: another source may hold it)"
+                    )
+                result = await self._set_mode(
+                    ConverterMode.VOLTAGE_REFERENCE, voltage, self.hw.grid_current_capacity_a,
+                    0.0,
+                )
+            except Exception:
+                if self._dcdc is None or self._mode() is not ConverterMode.VOLTAGE_REFERENCE:
+                    await self._release_claim()
+                raise
+        finally:
+            self._entering_cv -= 1
         self.skip_dynamic_check = True
         return result
 

@@ -55,7 +55,9 @@ CERT_DAYS = 825
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 
 # the buckets (`apis.unit.registry`): units write these
-UNIT_BUCKETS = ("apis_grid_master", "apis_deals", "apis_need_to_stop")
+UNIT_BUCKETS = (
+    "apis_grid_master", "apis_deals", "apis_need_to_stop", "apis_voltage_reference"
+)
 STATE_BUCKET = "apis_state"
 BUCKETS = (*UNIT_BUCKETS, STATE_BUCKET)
 UNIT_STATE_KEYS = ("policy",)  # the cluster policy every unit checks at start

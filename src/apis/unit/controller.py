@@ -10,7 +10,11 @@
   through the unit's error handling (a first tolerated finding as WARN, the second in a row
   as ERROR); a driver that fails (after its own retries) is a HARDWARE/LOCAL/ERROR;
 - manual converter control (`apis.<id>.Controller.control.manual`) while the effective
-  mode is `manual`.
+  mode is `manual`;
+- the voltage reference claim (`apis.unit.vrclaim`): taken before the converter enters
+  VOLTAGE_REFERENCE (refused, naming the holder, when another unit holds it), moved here by
+  a take-over, renewed at every tick while the converter stays in CV, released when it
+  leaves CV.
 
 The checks run on the periodic acquisitions only, not on the urgent reads the Grid Master
 makes in the middle of a command sequence (those would see every ramp half-way).
@@ -28,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
-from apis.bus.base import Bus, Message
+from apis.bus.base import Bus, BusError, Message
 from apis.config.hwconfig import HwConfig
 from apis.config.policy import Policy
 from apis.config.unitconfig import UnitConfig
@@ -46,6 +50,7 @@ from apis.unit.safety import (
     static_checks,
 )
 from apis.unit.state import UnitState
+from apis.unit.vrclaim import ClaimRefused, VoltageReferenceClaim
 
 T = TypeVar("T")
 Reporter = Callable[[str, str, str, str], Awaitable[Any]]
@@ -54,6 +59,9 @@ MANUAL_COMMANDS = ("WAIT", "VOLTAGE_REFERENCE", "CHARGE", "DISCHARGE")
 STARTING_COMMANDS = (
     "VOLTAGE_REFERENCE", "CHARGE", "DISCHARGE", "voltageReferenceWillTakeOver",
 )
+# voltageReferenceWillTakeOver's parameter naming the present voltage reference, from which
+# the claim moves (ours)
+TAKE_OVER_FROM = "voltageReferenceUnitId"
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +179,8 @@ class Controller:
         self.commands_executed = 0
         self._report = report
         self._consecutive = Consecutive()
+        self.claim = VoltageReferenceClaim(registry.voltage_reference_kv, self.unit_id)
+        self._entering_cv = 0  # commands between taking the claim and the converter in CV
         # the latest findings (loop time, level, finding), for tests and displays
         self.findings: deque[tuple[float, str, Finding]] = deque(maxlen=HISTORY)
 
@@ -229,6 +239,7 @@ class Controller:
             # deal".)
             if data is not None:
                 await self.check_safety(data)
+            await self.keep_claim()
             await asyncio.sleep(period)
 
     async def report(self, category: str, level: str, message: str) -> None:
@@ -348,24 +359,38 @@ class Controller:
             return (await self._start_current(ConverterMode[command], current)).to_json()
 
     async def _manual_voltage_reference(self, params: dict[str, Any]) -> ConverterData:
+        """The claim first (of concurrent requests one wins, the others are told who holds
+        it), then this unit's own check that no other source holds the grid yet."""
         self._refuse_if_unsafe("VOLTAGE_REFERENCE")
         p = self.policy
-        dcdc = await self._read_converter()
-        limit = p.operation_grid_voltage_v_range.min + 2 * p.grid_voltage_separation_v
-        if dcdc.mode is not ConverterMode.VOLTAGE_REFERENCE and dcdc.meter.vg > limit:
-            raise CommandError(
-                f"manual VOLTAGE_REFERENCE refused: the grid already measures "
-                f"{dcdc.meter.vg:.1f} V (> {limit:g} V: another source may hold it)"
-            )
         voltage = (
             self._voltage_param(params, "VOLTAGE_REFERENCE")
             if params.get("gridVoltageV") is not None
             else p.operation_grid_voltage_v
         )
+        self._entering_cv += 1
+        try:
+            await self._take_claim(None)
+            try:
+                dcdc = await self._read_converter()
+                limit = p.operation_grid_voltage_v_range.min + 2 * p.grid_voltage_separation_v
+                if dcdc.mode is not ConverterMode.VOLTAGE_REFERENCE and dcdc.meter.vg > limit:
+                    raise CommandError(
+                        f"manual VOLTAGE_REFERENCE refused: the grid already measures "
+                        f"{dcdc.meter.vg:.1f} V (> {limit:g} V: another source may hold it)"
+                    )
+                result = await self._set_mode(
+                    ConverterMode.VOLTAGE_REFERENCE, voltage, self.hw.grid_current_capacity_a,
+                    0.0,
+                )
+            except Exception:
+                if self._dcdc is None or self._mode() is not ConverterMode.VOLTAGE_REFERENCE:
+                    await self._release_claim()
+                raise
+        finally:
+            self._entering_cv -= 1
         self.skip_dynamic_check = True
-        return await self._set_mode(
-            ConverterMode.VOLTAGE_REFERENCE, voltage, self.hw.grid_current_capacity_a, 0.0
-        )
+        return result
 
     async def _on_scram(self, msg: Message) -> Any:
         exclude = msg.headers.get(subjects.EXCLUDE_VOLTAGE_REFERENCE) == "true"
@@ -429,13 +454,14 @@ class Controller:
         if command in ("WAIT", "scram"):
             return await self._wait()
         if command == "VOLTAGE_REFERENCE":
-            self.skip_dynamic_check = True
-            return await self._set_mode(
+            result = await self._set_mode(
                 ConverterMode.VOLTAGE_REFERENCE,
                 self.policy.operation_grid_voltage_v,
                 self.hw.grid_current_capacity_a,
                 0.0,
             )
+            self.skip_dynamic_check = True
+            return result
         if command in ("CHARGE", "DISCHARGE"):
             return await self._start_current(
                 ConverterMode[command], self._current_param(params, command)
@@ -448,17 +474,20 @@ class Controller:
             return await self._authorize()
         if command == "voltageReferenceWillHandOver":
             self.skip_dynamic_check = True
+            self.claim.handing_over = True  # the new reference takes the claim at step 2
             return await self._set_voltage(self._converter().vdis.dvg, self.hw.droop_ratio)
         if command == "voltageReferenceWillTakeOver":
-            self.skip_dynamic_check = True
             voltage = params.get("gridVoltageV")
             dvg = float(voltage) if voltage is not None else self._converter().meter.vg
-            return await self._set_mode(
+            result = await self._set_mode(
                 ConverterMode.VOLTAGE_REFERENCE,
                 dvg,
                 self.hw.grid_current_capacity_a,
                 self.hw.droop_ratio,
+                take_over_from=self._take_over_param(params),
             )
+            self.skip_dynamic_check = True
+            return result
         if command == "voltageReferenceDidHandOver":
             return await self._did_hand_over(params)
         if command == "voltageReferenceDidTakeOver":
@@ -504,23 +533,106 @@ class Controller:
             )
         return voltage
 
+    def _take_over_param(self, params: dict[str, Any]) -> str | None:
+        holder = params.get(TAKE_OVER_FROM)
+        if holder is not None and holder not in self.policy.member_unit_ids:
+            raise CommandError(
+                f"voltageReferenceWillTakeOver: {TAKE_OVER_FROM} = {holder!r} (must be one of "
+                f"memberUnitIds {', '.join(self.policy.member_unit_ids)})"
+            )
+        return holder
+
     async def _set_mode(
-        self, mode: ConverterMode, dvg: float, dig: float, drg: float
+        self,
+        mode: ConverterMode,
+        dvg: float,
+        dig: float,
+        drg: float,
+        *,
+        take_over_from: str | None = None,
     ) -> ConverterData:
+        """Set the converter's mode. VOLTAGE_REFERENCE only with the claim (taken first;
+        moved from `take_over_from` in a hand-over); any other mode gives the claim up."""
         if not 0 <= dig <= self.hw.grid_current_capacity_a + 1e-9:
             raise CommandError(
                 f"dig = {dig} (must be within 0..gridCurrentCapacityA "
                 f"{self.hw.grid_current_capacity_a})"
             )
-        self._commands_begun += 1
-        result = await self.driver.set(mode, dvg, dig, drg)
-        self._dcdc = result
+        if mode is ConverterMode.VOLTAGE_REFERENCE:
+            self._entering_cv += 1  # the tick must not judge the claim meanwhile
+            try:
+                await self._take_claim(take_over_from)
+                self._commands_begun += 1
+                result = await self.driver.set(mode, dvg, dig, drg)
+                self._dcdc = result
+            finally:
+                self._entering_cv -= 1
+        else:
+            self._commands_begun += 1
+            result = await self.driver.set(mode, dvg, dig, drg)
+            self._dcdc = result
+        if result.mode is not ConverterMode.VOLTAGE_REFERENCE:
+            await self._release_claim()
         if result.mode is not mode:
             raise CommandError(
                 f"mode read-back {result.mode.code} ({result.status.operation_mode}) after "
                 f"setting {mode.code} ({mode.operation_mode})"
             )
         return result
+
+    # ---- the voltage reference claim -----------------------------------------------------
+
+    async def _take_claim(self, take_over_from: str | None) -> None:
+        try:
+            await self.claim.take(take_over_from)
+        except ClaimRefused as e:
+            raise CommandError(f"VOLTAGE_REFERENCE on {self.unit_id} refused: {e}") from None
+        except BusError as e:  # unknown who holds it: not ours
+            raise CommandError(
+                f"VOLTAGE_REFERENCE on {self.unit_id} refused: the voltage reference claim "
+                f"could not be taken: {e}"
+            ) from None
+        self.claim.handing_over = False
+
+    async def _release_claim(self) -> None:
+        claim = self.claim
+        claim.handing_over = False
+        if claim.held is None:
+            return
+        try:
+            await claim.release()
+        except BusError as e:  # the tick tries again; else it expires
+            log.warning("%s: voltage reference claim not released: %s", self.unit_id, e)
+
+    async def keep_claim(self) -> None:
+        """At every tick: renew the claim while the converter is in CV, give it up once it
+        is not; a converter found in CV without the claim takes it (a restarted unit, a
+        claim expired while the store was unreachable), unless another unit holds it: then
+        two converters may hold the grid, a LOGIC/LOCAL/ERROR (this one is stopped)."""
+        if self._entering_cv:
+            return  # a command is between the claim and the converter: it decides
+        dcdc = self._dcdc
+        claim = self.claim
+        try:
+            if dcdc is None or dcdc.mode is not ConverterMode.VOLTAGE_REFERENCE:
+                await self._release_claim()
+                return
+            if await claim.renew() or claim.handing_over or self._entering_cv:
+                return  # renewed; or moved to the new reference in a hand-over
+            dcdc = self._dcdc  # a command may have changed it while the renewal waited
+            if dcdc is None or dcdc.mode is not ConverterMode.VOLTAGE_REFERENCE:
+                return
+            try:
+                taken = await claim.take()
+            except ClaimRefused as e:
+                await self.report(
+                    "LOGIC", "ERROR", f"converter in VOLTAGE_REFERENCE without the claim: {e}"
+                )
+                return
+            log.warning("%s: converter found in VOLTAGE_REFERENCE without the claim; took %s",
+                        self.unit_id, taken)
+        except BusError as e:
+            log.warning("%s: voltage reference claim not renewed: %s", self.unit_id, e)
 
     async def _set_current(self, dig: float) -> ConverterData:
         self._commands_begun += 1

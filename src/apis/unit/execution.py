@@ -448,8 +448,12 @@ class DealExecution:
         await self.link.command(move.old_vr, "voltageReferenceWillHandOver")
         step = "voltageReferenceWillTakeOver"
         try:
+            # the new reference moves the voltage reference claim from the old one
             await self.link.command(
-                move.new_vr, "voltageReferenceWillTakeOver", gridVoltageV=move.voltage_v
+                move.new_vr,
+                "voltageReferenceWillTakeOver",
+                gridVoltageV=move.voltage_v,
+                voltageReferenceUnitId=move.old_vr,
             )
             step = "voltageReferenceDidHandOver"
             if move.old_vr_mode is None:

@@ -13,6 +13,9 @@
   revision so a concurrent change makes an update fail instead of being lost.
 - Need-to-stop reasons (bucket `apis_need_to_stop`, key = dealId, entries expire after 30
   minutes).
+- The voltage reference claim (key `voltageReference` in bucket `apis_voltage_reference`,
+  entries expire `VOLTAGE_REFERENCE_CLAIM_TTL_S` after their last write): which unit may hold
+  the grid voltage, see `apis.unit.vrclaim`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ NEED_TO_STOP_BUCKET = "apis_need_to_stop"
 GRID_MASTER_KEY = "gridMasterUnitId"
 OPERATION_MODE_KEY = "operationMode"
 NEED_TO_STOP_TTL_S = 30 * 60.0
+VOLTAGE_REFERENCE_BUCKET = "apis_voltage_reference"
+VOLTAGE_REFERENCE_KEY = "voltageReference"
+# Renewed at every acquisition tick (controller.dataAcquisitionPeriodMsec, 5 s in the
+# samples) while the holder stays in CV; long enough for a tick delayed by a driver that
+# retries (requestTimeoutMsec x retryLimit, 15 s), short enough that a crashed holder's
+# claim is gone by the time its grid voltage has decayed.
+VOLTAGE_REFERENCE_CLAIM_TTL_S = 30.0
 OPERATION_MODES = ("autonomous", "heteronomous", "stop", "manual")
 
 
@@ -83,12 +93,18 @@ class Registry:
     """Typed access to the shared buckets; open it once per unit with `open`."""
 
     def __init__(
-        self, state: KeyValue, deals: KeyValue, need_to_stop: KeyValue, grid_master: KeyValue
+        self,
+        state: KeyValue,
+        deals: KeyValue,
+        need_to_stop: KeyValue,
+        grid_master: KeyValue,
+        voltage_reference: KeyValue,
     ) -> None:
         self.state = state
         self.deals = deals
         self.need_to_stop = need_to_stop
         self.grid_master_kv = grid_master
+        self.voltage_reference_kv = voltage_reference
         # deal id -> (stored JSON, its Deal): a deal is parsed again only when it changed
         self._parsed: dict[str, tuple[JSON, Deal]] = {}
         # deal id -> revision at which it did not involve `_foreign_of` (deals_involving)
@@ -105,6 +121,7 @@ class Registry:
             await bus.kv(DEALS_BUCKET),
             await bus.kv(NEED_TO_STOP_BUCKET, ttl=NEED_TO_STOP_TTL_S),
             await bus.kv(GRID_MASTER_BUCKET, ttl=GRID_MASTER_LEASE_TTL_S),
+            await bus.kv(VOLTAGE_REFERENCE_BUCKET, ttl=VOLTAGE_REFERENCE_CLAIM_TTL_S),
         )
 
     # ---- Grid Master lock ----------------------------------------------------------------

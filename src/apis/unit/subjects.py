@@ -18,8 +18,9 @@ Operations interface (for the web UI and other tools; payloads are JSON):
 - `apis.<id>.Controller.control.manual`: header ``operator``; body ``{"command": "WAIT" |
   "VOLTAGE_REFERENCE" | "CHARGE" | "DISCHARGE", "params": {"gridVoltageV"?, "gridCurrentA"?}}``
   -> reply = the unit's ``dcdc`` object. Refused unless the unit's effective mode is
-  ``manual``; limits are checked as for every command; VOLTAGE_REFERENCE is refused while the
-  grid already carries a voltage (another source may hold it).
+  ``manual``; limits are checked as for every command; VOLTAGE_REFERENCE is refused while
+  another unit holds the voltage reference claim (`apis.unit.vrclaim`; the failure names
+  it) and while the grid already carries a voltage (another source may hold it).
 - `apis.<id>.Controller.control.device.from.<gm>` (units only): a converter command of the
   Grid Master `<gm>` (signed: the bus vouches that `<gm>` sent it; headers
   ``gridMasterUnitId`` = `<gm>` and ``gridMasterEpoch``). The Controller obeys only the

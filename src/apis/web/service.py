@@ -37,7 +37,15 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from apis.bus.base import Bus, BusError, KeyValue, Message, NoHandlers, Subscription
+from apis.bus.base import (
+    Bus,
+    BusError,
+    KeyValue,
+    Message,
+    NoHandlers,
+    RemoteFailure,
+    Subscription,
+)
 from apis.store.history import HistoryStore, ModeChange, Schedule, deal_ending
 
 if TYPE_CHECKING:  # only the demo process has a world; the web app never builds one
@@ -658,7 +666,10 @@ class Operations:
     async def manual_dcdc(
         self, unit_id: str, command: str, params: dict[str, Any], by: str
     ) -> dict[str, Any]:
-        """Drive one converter by hand; refused unless the unit's effective mode is Manual."""
+        """Drive one converter by hand; refused unless the unit's effective mode is Manual.
+
+        The unit decides (one voltage reference: it takes the cluster's claim first) and its
+        refusal, e.g. naming the unit that holds the voltage reference, is an ActionRefused."""
         if command not in MANUAL_COMMANDS:
             raise ValueError(f"mode = {command!r} (must be one of {', '.join(MANUAL_COMMANDS)})")
         self._check_unit(unit_id)
@@ -677,6 +688,8 @@ class Operations:
             raise ClusterUnavailable(
                 f"{subject}: no handler (the unit is down or does not offer manual control)"
             ) from None
+        except RemoteFailure as e:  # the unit answered: it refused, or its converter failed
+            raise ActionRefused(f"manual {command} on {unit_id} refused by the unit: {e}") from None
         except BusError as e:
             raise ClusterUnavailable(f"{subject}: {e}") from None
         log.info("manual %s on %s by %s: %s", command, unit_id, by, params)

@@ -26,6 +26,7 @@ from apis.emulator.driver import EmulatedDriver
 from apis.hardware.driver import ConverterData, DriverVersion, UnitData
 from apis.hardware.modes import ConverterMode
 from apis.unit.cluster import InProcessCluster
+from apis.unit.ids import IdSource, seeded_ids
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "original-format"
 T = TypeVar("T")
@@ -181,6 +182,7 @@ class Rig:
         unit_hw: dict[str, dict[str, Any]] | None = None,
         seed: int = 1,
         converter: ConverterModel | None = None,
+        ids: IdSource = seeded_ids,
     ) -> None:
         self.root = root
         self.config = write_config(root, unit_ids, policy, scenarios, hw, unit_hw)
@@ -197,7 +199,8 @@ class Rig:
         self.drivers = {
             u: WatchedDriver(EmulatedDriver(self.world, u), self.watch) for u in unit_ids
         }
-        self.cluster = InProcessCluster(self.config, self.drivers, seed=seed)
+        # seeded ids by default: a virtual-time test runs the same way each time
+        self.cluster = InProcessCluster(self.config, self.drivers, seed=seed, ids=ids)
 
     def run(self, scenario: Callable[[Rig], Awaitable[T]]) -> T:
         async def main() -> T:

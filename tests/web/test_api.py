@@ -179,8 +179,9 @@ async def test_deal_history(env: Env) -> None:
     done = deal("done", deactivateDateTime="2026/01/01-10:30:00", cumulateAmountWh=100.0)
     aborted = deal("gone", discharge="E003", charge="E002",
                    abortDateTime="2026/01/01-10:10:00", deactivateDateTime="--")
-    for record in (live, done, aborted):
-        await env.fake.bus.publish("apis.Mediator.deal.log", record)
+    for record in (live, done, aborted):  # published by one of the deal's units
+        await env.fake.bus.publish("apis.Mediator.deal.log", record,
+                                   {"unitId": record["chargeUnitId"]})
     await eventually(lambda: env.store.deal_count() == 2)
     c = env.client
     history = (await c.get("/api/deals/history")).json()
@@ -195,6 +196,38 @@ async def test_deal_history(env: Env) -> None:
     await env.ops.refresh()
     view = (await c.get("/api/cluster")).json()
     assert view["history"] == {"count": 2, "energyWh": 100.0}
+
+
+async def test_deal_history_keeps_a_deal_from_forged_records(env: Env) -> None:
+    """The Grid Master (E001 here) or a unit of the deal may record it; a record from
+    another unit, or of another deal under the same dealId, replaces nothing."""
+    bus = env.fake.bus
+    done = deal("x1", discharge="E003", charge="E002",
+                deactivateDateTime="2026/01/01-10:30:00", cumulateAmountWh=100.0)
+    await bus.publish("apis.Mediator.deal.log", done, {"unitId": "E001"})  # the Grid Master
+    await eventually(lambda: env.store.deal_count() == 1)
+    forged = [
+        ({**done, "cumulateAmountWh": 0.0}, "E004"),  # not a unit of the cluster's deal
+        ({**done, "cumulateAmountWh": 1.0}, None),  # nobody named
+        ({**done, "chargeUnitId": "E004", "requestUnitId": "E004", "cumulateAmountWh": 2.0},
+         "E004"),  # another deal, by one of its units
+        ({**done, "createDateTime": "2026/01/02-10:00:00", "cumulateAmountWh": 3.0}, "E002"),
+    ]
+    for record, sender in forged:
+        headers = {"unitId": sender} if sender is not None else {}
+        await bus.publish("apis.Mediator.deal.log", record, headers)
+    marker = deal("x2", deactivateDateTime="2026/01/01-10:40:00")  # delivered after them
+    await bus.publish("apis.Mediator.deal.log", marker, {"unitId": "E002"})
+    await eventually(lambda: env.store.deal_count() == 2)
+    kept = next(d for d in env.store.deals() if d["dealId"] == "x1")
+    assert kept["cumulateAmountWh"] == 100.0
+    assert env.store.energy_wh() == 100.0
+    later = {**done, "cumulateAmountWh": 101.0}
+    await bus.publish("apis.Mediator.deal.log", later, {"unitId": "E003"})
+    await eventually(lambda: env.store.energy_wh() != 100.0)
+    [stored] = [d for d in env.store.deals() if d["dealId"] == "x1"]
+    assert stored["cumulateAmountWh"] == 101.0 and stored["chargeUnitId"] == "E002"
+    assert stored["createDateTime"] == done["createDateTime"]
 
 
 async def test_grid_not_available_without_emulator(env: Env) -> None:

@@ -86,14 +86,24 @@ def test_history_store_on_disk(tmp_path: Path) -> None:
     assert store.add_deal(deal("a", deactivateDateTime="t", cumulateAmountWh=10.0), 2.0)
     assert store.add_deal(deal("a", deactivateDateTime="t", cumulateAmountWh=12.0), 3.0)
     assert store.add_deal(deal("b", scramDateTime="t", deactivateDateTime="t"), 4.0)
+    # the same dealId for another deal (other units, another creation time) is refused
+    assert not store.add_deal(deal("a", charge="E003", deactivateDateTime="t"), 4.5)
+    assert not store.add_deal(deal("a", createDateTime="2026/01/02-10:00:00",
+                                   deactivateDateTime="t"), 4.5)
+    # so is a record published by a unit that is neither of the deal nor the Grid Master
+    assert not store.add_deal(deal("b", scramDateTime="t", deactivateDateTime="t"), 4.5,
+                              sender="E003", grid_master="E004")
+    assert not store.add_deal(deal("c", deactivateDateTime="t"), 4.5, sender="")
+    assert store.add_deal(deal("c", deactivateDateTime="t"), 4.5, sender="E004",
+                          grid_master="E004")
     store.add_error({"unitId": "E001", "category": "USER", "extent": "LOCAL",
                      "level": "WARN", "message": "m"}, 5.0)
     store.add_mode_change(ModeChange(6.0, "global", "autonomous", "stop", "alice"))
     store.close()
     again = HistoryStore(path)
-    assert again.deal_count() == 2 and again.energy_wh() == 12.0
-    assert [(d["dealId"], d["ended"]) for d in again.deals()] == [("b", "scrammed"),
-                                                                  ("a", "completed")]
+    assert again.deal_count() == 3 and again.energy_wh() == 12.0
+    assert [(d["dealId"], d["ended"]) for d in again.deals()] == [
+        ("c", "completed"), ("b", "scrammed"), ("a", "completed")]
     assert again.errors()[0]["message"] == "m"
     last = again.last_mode_change("global")
     assert last is not None and last.changed_by == "alice" and last.new_mode == "stop"

@@ -185,9 +185,12 @@ def run(
             await timeline()
             return
         from apis.unit.cluster import InProcessCluster
+        from apis.unit.ids import seeded_ids
 
+        # seeded ids: the run repeats bit for bit (and writes no deal log they could clash in)
         units = InProcessCluster(
-            cluster, sim_drivers(stepper), seed=settings.seed, deal_logging=False
+            cluster, sim_drivers(stepper), seed=settings.seed, ids=seeded_ids,
+            deal_logging=False,
         )
         async with units.running():
             await timeline()

@@ -12,12 +12,20 @@ directly. One connection, guarded by a lock, so a store may be shared across thr
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# what does not change over the versions of one deal: its units and its creation time
+_IDENTITY = ("requestUnitId", "acceptUnitId", "chargeUnitId", "dischargeUnitId",
+             "createDateTime")
+_PARTIES = ("requestUnitId", "acceptUnitId", "chargeUnitId", "dischargeUnitId")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deal (
@@ -108,16 +116,43 @@ class HistoryStore:
 
     # ---- deals ---------------------------------------------------------------------------
 
-    def add_deal(self, record: Mapping[str, Any], at: float) -> bool:
-        """Store a finished deal (replacing an earlier record of the same dealId).
+    def add_deal(
+        self,
+        record: Mapping[str, Any],
+        at: float,
+        *,
+        sender: str | None = None,
+        grid_master: str | None = None,
+    ) -> bool:
+        """Store a finished deal (replacing an earlier record of the same deal).
 
-        Returns False, storing nothing, when the record has no dealId or has not ended.
+        Returns False, storing nothing, when the record has no dealId or has not ended; and,
+        logged as refused, when the dealId is stored for a different deal (other units or
+        another creation time), or when `sender` (the unit that published the record, None:
+        the caller vouches for it) is neither one of the deal's units nor `grid_master`.
         """
         deal_id = record.get("dealId")
         ended = deal_ending(record)
         if not deal_id or ended is None:
             return False
+        if sender is not None and sender not in (
+            *(record.get(key) for key in _PARTIES), *((grid_master,) if grid_master else ())
+        ):
+            log.error("history: deal %s refused: sender %r is neither a unit of the deal nor "
+                      "the Grid Master (%s)", deal_id, sender, grid_master)
+            return False
         with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM deal WHERE deal_id = ?", (str(deal_id),)
+            ).fetchone()
+            if row is not None:
+                stored = json.loads(row["record"])
+                differs = [k for k in _IDENTITY if stored.get(k) != record.get(k)]
+                if differs:
+                    key = differs[0]
+                    log.error("history: deal %s refused: %s = %r, the stored deal's is %r "
+                              "(another deal)", deal_id, key, record.get(key), stored.get(key))
+                    return False
             self._db.execute(
                 "INSERT OR REPLACE INTO deal VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (

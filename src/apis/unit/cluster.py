@@ -22,6 +22,7 @@ from apis.config.loader import Cluster
 from apis.hardware.driver import DeviceDriver
 from apis.unit import subjects
 from apis.unit.deal import Deal
+from apis.unit.ids import IdSource, os_ids
 from apis.unit.node import Unit
 from apis.unit.registry import Registry
 
@@ -40,6 +41,7 @@ class InProcessCluster:
         *,
         hub: MemoryHub | None = None,
         seed: int = 0,
+        ids: IdSource = os_ids,
         deal_log_tmpdir: str | None = None,
         deal_logging: bool = True,
         unit_ids: list[str] | None = None,
@@ -48,6 +50,7 @@ class InProcessCluster:
         self.drivers = dict(drivers)
         self.hub = hub if hub is not None else MemoryHub()
         self.seed = seed
+        self.ids = ids  # seeded_ids only where a run must repeat (simulation, tests)
         self.deal_log_tmpdir = deal_log_tmpdir
         self.deal_logging = deal_logging
         self.unit_ids = unit_ids if unit_ids is not None else config.unit_ids
@@ -69,6 +72,7 @@ class InProcessCluster:
             bus=bus,
             policy=self.config.policy,
             seed=self.seed,
+            ids=self.ids,
             deal_log_tmpdir=self.deal_log_tmpdir,
             deal_logging=self.deal_logging,
         )

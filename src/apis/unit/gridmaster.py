@@ -311,7 +311,9 @@ class GridMaster:
         return None
 
     async def _publish_log(self, deal_json: dict[str, Any]) -> None:
-        await self.bus.publish(subjects.MEDIATOR_DEAL_LOG, deal_json)
+        await self.bus.publish(
+            subjects.MEDIATOR_DEAL_LOG, deal_json, {subjects.UNIT_ID: self.unit_id}
+        )
 
     # ---- global error handling (section 11.3) --------------------------------------------
 

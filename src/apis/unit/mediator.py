@@ -9,6 +9,12 @@ the deal log.
   deal in the shared registry with create-if-absent.
 - Disposition publishes the final deal on `apis.Mediator.deal.log` (both units write their
   file), removes it, and releases the interlocks (descending unit ID).
+- A record on `apis.Mediator.deal.log` is written only if its publisher is one of the deal's
+  units or the Grid Master (the one holding the lock). The publisher is named by the
+  ``unitId`` header, which the bus does not vouch for: any client may claim any unit.
+- After a crash, the unit's live deal files are reconciled at start-up: a deal the registry
+  no longer holds is closed with its partner's final record (`apis.<id>.Mediator.deal.record`)
+  or, without one, recorded as aborted.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 from apis.bus.base import Bus, BusError, KeyExists, Message
@@ -24,8 +30,9 @@ from apis.config.policy import Policy
 from apis.unit import subjects
 from apis.unit.capacity import BatteryCapacityLocks
 from apis.unit.controller import Controller
-from apis.unit.deal import Deal
-from apis.unit.deallog import DealLog
+from apis.unit.deal import NOT_APPLICABLE, Deal
+from apis.unit.deallog import DealLog, DealLogRefused, ended, same_deal
+from apis.unit.ids import InvalidDealId, check_deal_id
 from apis.unit.registry import Registry
 from apis.unit.state import UnitState
 from apis.unit.user import Offer, deal_amount, deal_fields
@@ -50,6 +57,7 @@ class Mediator:
         controller: Controller,
         deal_log: DealLog | None,
         rng: random.Random,
+        new_id: Callable[[], str],
         capacity: BatteryCapacityLocks | None = None,
     ) -> None:
         self.state = state
@@ -62,13 +70,10 @@ class Mediator:
         self.controller = controller
         self.deal_log = deal_log
         self.rng = rng
+        self.new_id = new_id  # deal and negotiation ids (see apis.unit.ids)
         self.unit_id = state.unit_id
         self.negotiations = 0
         self.deals_created = 0
-
-    def new_id(self) -> str:
-        """A UUID from the unit's seeded generator, so runs are reproducible."""
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     async def subscribe(self) -> list[Any]:
         bus = self.bus
@@ -82,6 +87,9 @@ class Mediator:
         ]
         if self.deal_log is not None:  # without a log there is nothing to do with one
             subscriptions.append(await bus.subscribe(subjects.MEDIATOR_DEAL_LOG, self._on_deal_log))
+            subscriptions.append(
+                await bus.subscribe(subjects.deal_record(self.unit_id), self._on_deal_record)
+            )
         return subscriptions
 
     # ---- house keeping and negotiation ----------------------------------------------------
@@ -273,7 +281,9 @@ class Mediator:
         if stored is None:
             return None
         deal = stored.deal
-        await self.bus.publish(subjects.MEDIATOR_DEAL_LOG, deal.to_json())
+        await self.bus.publish(
+            subjects.MEDIATOR_DEAL_LOG, deal.to_json(), {subjects.UNIT_ID: self.unit_id}
+        )
         await self.registry.remove_deal(deal_id)
         for unit in sorted({deal.charge_unit_id, deal.discharge_unit_id}, reverse=True):
             await self._interlock(unit, deal, "release")
@@ -282,11 +292,109 @@ class Mediator:
     async def _on_deal_log(self, msg: Message) -> Any:
         if self.deal_log is None or not isinstance(msg.payload, dict):
             return None
-        deal = Deal.from_json(msg.payload)
-        if deal.involves(self.unit_id):
+        try:
+            deal = Deal.from_json(msg.payload)
+            check_deal_id(deal.deal_id)
+        except (ValueError, TypeError, AttributeError) as e:
+            log.error("%s: deal log refused: %s", self.unit_id, e)
+            return None
+        if not deal.involves(self.unit_id):
+            return "N/A"
+        sender = msg.headers.get(subjects.UNIT_ID)
+        if not await self._may_log(deal, sender):
+            log.error(
+                "%s: deal log of %s refused: %s = %r is neither a unit of the deal nor the "
+                "Grid Master", self.unit_id, deal.deal_id, subjects.UNIT_ID, sender,
+            )
+            return None
+        if self._write(deal) is None:
+            return None
+        return self.unit_id
+
+    async def _may_log(self, deal: Deal, sender: str | None) -> bool:
+        if sender in (deal.charge_unit_id, deal.discharge_unit_id, deal.request_unit_id,
+                      deal.accept_unit_id):
+            return True
+        try:
+            lock = await self.registry.grid_master()
+        except BusError as e:
+            log.warning("%s: deal log of %s: Grid Master unknown: %s", self.unit_id,
+                        deal.deal_id, e)
+            return False
+        return sender is not None and lock is not None and lock.unit_id == sender
+
+    def _write(self, deal: Deal) -> Deal | None:
+        """Write `deal` to the log; a refusal is logged (nothing written) and gives None."""
+        assert self.deal_log is not None
+        try:
             self.deal_log.write(deal)
-            return self.unit_id
-        return "N/A"
+        except (InvalidDealId, DealLogRefused) as e:
+            log.error("%s: deal log refused: %s", self.unit_id, e)
+            return None
+        except OSError as e:
+            log.error("%s: deal log of %s not written: %s", self.unit_id, deal.deal_id, e)
+            return None
+        return deal
+
+    async def _on_deal_record(self, msg: Message) -> Any:
+        """A partner asks for this unit's record of a deal (its reconciliation)."""
+        body = msg.payload if isinstance(msg.payload, dict) else {}
+        if self.deal_log is None:
+            return None
+        deal = self.deal_log.find(check_deal_id(body.get("dealId")))
+        return deal.to_json() if deal is not None else None
+
+    async def reconcile_deal_log(self) -> list[Deal]:
+        """After a restart: close every live deal file whose deal is over; return them.
+
+        A deal the registry still holds runs on (the Grid Master ends it and the log follows).
+        One it no longer holds gets its partner's final record, or, without one, is recorded
+        as aborted: this unit went down while it ran."""
+        if self.deal_log is None:
+            return []
+        closed = []
+        for deal in self.deal_log.live():
+            try:
+                stored = await self.registry.deal(deal.deal_id)
+            except BusError as e:
+                log.warning("%s: deal %s not reconciled: %s", self.unit_id, deal.deal_id, e)
+                continue
+            if stored is not None and same_deal(stored.deal, deal):
+                continue
+            final = await self._partner_record(deal)
+            if final is None:
+                final = deal
+                final.record_abort(
+                    self._now(),
+                    f"{self.unit_id} restarted: deal no longer in the registry and no final "
+                    "record from its partner",
+                )
+            if self._write(final) is not None:
+                log.warning("%s: deal %s closed after a restart: %s", self.unit_id,
+                            deal.deal_id, final.abort_reason or "ended")
+                closed.append(final)
+        return closed
+
+    async def _partner_record(self, deal: Deal) -> Deal | None:
+        """The partner's final record of `deal` (same deal, ended), None if it has none."""
+        partner = deal.discharge_unit_id if deal.charge_unit_id == self.unit_id \
+            else deal.charge_unit_id
+        try:
+            reply = await self.bus.request(
+                subjects.deal_record(partner), {"dealId": deal.deal_id}, timeout=5.0
+            )
+            record = Deal.from_json(reply) if isinstance(reply, dict) else None
+        except (BusError, ValueError, TypeError, AttributeError) as e:
+            log.info("%s: no record of deal %s from %s: %s", self.unit_id, deal.deal_id,
+                     partner, e)
+            return None
+        if record is None or not same_deal(record, deal) or not ended(record):
+            return None
+        return record
+
+    def _now(self) -> str:
+        data = self.controller.data
+        return data.apis_time if data is not None else NOT_APPLICABLE
 
     async def deal_logging_loop(self) -> None:
         """Rewrite this unit's live deals every `dealLoggingPeriodMsec`."""
@@ -301,4 +409,4 @@ class Mediator:
                 except BusError:
                     continue
                 if stored is not None:
-                    self.deal_log.write(stored.deal)
+                    self._write(stored.deal)

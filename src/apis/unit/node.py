@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import random
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -44,6 +43,7 @@ from apis.unit.election import ActivationFailed, Election
 from apis.unit.errorhandling import ErrorHandling
 from apis.unit.errors import ErrorRecord
 from apis.unit.gridmaster import GridMaster
+from apis.unit.ids import IdSource, os_ids
 from apis.unit.lease import LeaseLost
 from apis.unit.mediator import Mediator
 from apis.unit.modes import OperationModes
@@ -76,6 +76,7 @@ class Unit:
         bus: Bus,
         policy: Policy | None = None,
         seed: int = 0,
+        ids: IdSource = os_ids,
         deal_log_tmpdir: str | None = None,
         deal_logging: bool = True,
         check_driver_version: bool = True,
@@ -88,8 +89,11 @@ class Unit:
         self.unit_id = self.config.unit_id
         self.driver = driver
         self.bus = bus
+        # the seed drives timing jitter; ids come from `ids` (the OS unless a simulation
+        # asks for seeded ones: a seeded id repeats after a restart)
         self.rng = random.Random(f"{seed}:{self.unit_id}")
-        self.instance_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        self.new_id = ids(self.rng)
+        self.instance_id = self.new_id()
         self.state = UnitState(self.unit_id, deal_interlock_capacity(self.hw, self.policy))
         self.deal_log = (
             DealLog(self.unit_id, self.config.deal_log_dir_format, deal_log_tmpdir)
@@ -258,6 +262,7 @@ class Unit:
             controller=self.controller,
             deal_log=self.deal_log,
             rng=self.rng,
+            new_id=self.new_id,
             capacity=self.capacity,
         )
         self.election = Election(
@@ -271,6 +276,7 @@ class Unit:
             voltage_reference_unit=self._voltage_reference_unit,
         )
         await self.controller.acquire()
+        await self.mediator.reconcile_deal_log()  # deals left live by a crash
         await self.modes.load()
         subs = self._subscriptions
         subs.append(await self.bus.subscribe(subjects.helo(self.unit_id), self._on_helo))

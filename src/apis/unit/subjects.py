@@ -91,6 +91,11 @@ def interlock_deal(unit_id: str) -> str:
     return f"apis.{unit_id}.Mediator.interlock.deal"
 
 
+def deal_record(unit_id: str) -> str:
+    """Request ``{"dealId"}`` -> the unit's deal-log record of it, or null (ours)."""
+    return f"apis.{unit_id}.Mediator.deal.record"
+
+
 def grid_master_activate(unit_id: str) -> str:
     return f"apis.{unit_id}.Mediator.gridMaster.activate"
 

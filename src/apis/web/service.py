@@ -600,7 +600,9 @@ class Operations:
 
     async def _on_deal_log(self, msg: Message) -> Any:
         if isinstance(msg.payload, dict) and deal_ending(msg.payload) is not None:
-            self.store.add_deal(msg.payload, time.time())
+            # the publisher as the unitId header names it (the bus does not vouch for it)
+            self.store.add_deal(msg.payload, time.time(), sender=msg.headers.get("unitId", ""),
+                                grid_master=self.grid_master)
         return None
 
     async def _on_error(self, msg: Message) -> Any:

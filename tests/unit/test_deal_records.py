@@ -38,6 +38,11 @@ def _observer(rig: Rig) -> MemoryBus:
     return observer
 
 
+async def _publish_as(rig: Rig, sender: str, record: dict[str, Any]) -> None:
+    """A deal record published by a bus client whose identity is `sender` (signed)."""
+    await rig.cluster.hub.connect(sender).publish(subjects.deal_log(sender), record)
+
+
 def _files(rig: Rig, unit: str, deal_id: str) -> list[Path]:
     return [p for p in rig.deal_files(unit) if p.name == deal_id]
 
@@ -51,10 +56,8 @@ def test_deal_id_with_a_path_in_it_writes_nothing(tmp_path: Path) -> None:
     escaped = tmp_path / "outside" / "relative"
 
     async def scenario(rig: Rig) -> None:
-        bus = _observer(rig)
         for deal_id in (str(absolute), relative, "", "E001", "0" * 36):
-            await bus.publish(subjects.MEDIATOR_DEAL_LOG, _record(deal_id),
-                              {subjects.UNIT_ID: "E001"})
+            await _publish_as(rig, "E001", _record(deal_id))
         await asyncio.sleep(10)
 
     rig.run(scenario)
@@ -80,18 +83,20 @@ def test_forged_records_replace_no_deal_file(tmp_path: Path) -> None:
                 seen[unit].append(_files(rig, unit, deal.deal_id)[0].read_bytes())
 
         await look()
-        # the same deal, claimed by a unit that has no part in it
-        await bus.publish(subjects.MEDIATOR_DEAL_LOG, {**final, "cumulateAmountWh": 0.0},
-                          {subjects.UNIT_ID: outsider})
-        # no publisher named
-        await bus.publish(subjects.MEDIATOR_DEAL_LOG, {**final, "cumulateAmountWh": 1.0})
-        # another deal under the same id, claimed by a unit of it (and of the real deal)
+        # the same deal, from a unit that has no part in it
+        await _publish_as(rig, outsider, {**final, "cumulateAmountWh": 0.0})
+        # the same deal from a client claiming in the headers to be a unit of it
+        await bus.publish(subjects.deal_log("observer"), {**final, "cumulateAmountWh": 0.5},
+                          {subjects.UNIT_ID: "E001"})
+        # unsigned, on the original subject: nobody listens there
+        await bus.publish(subjects.MEDIATOR_DEAL_LOG, {**final, "cumulateAmountWh": 1.0},
+                          {subjects.UNIT_ID: "E001"})
+        # another deal under the same id, from a unit of it (and of the real deal)
         other = _record(deal.deal_id, "E003", "E002", deactivateDateTime="2020/01/01-10:09:00")
-        await bus.publish(subjects.MEDIATOR_DEAL_LOG, other, {subjects.UNIT_ID: "E002"})
+        await _publish_as(rig, "E002", other)
         await look()
         # a later version of the same deal from one of its units still replaces it
-        await bus.publish(subjects.MEDIATOR_DEAL_LOG, {**final, "cumulateAmountWh": 2.0},
-                          {subjects.UNIT_ID: "E001"})
+        await _publish_as(rig, "E001", {**final, "cumulateAmountWh": 2.0})
         await look()
         return deal, seen
 

@@ -10,11 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from apis.bus.base import signed
 from apis.bus.memory import MemoryHub
 from apis.config import load_cluster
 from apis.config.generate import default_cluster_dir
@@ -34,6 +36,11 @@ class Env:
     fake: FakeCluster
     ops: Operations
     store: HistoryStore
+    hub: MemoryHub
+
+    async def publish_deal_log(self, sender: str, record: dict[str, Any]) -> None:
+        """A deal record from the bus client whose identity is `sender` (signed)."""
+        await self.hub.connect(sender).publish(signed("apis.Mediator.deal.log", sender), record)
 
 
 async def _env(mode_handlers: bool = True, world: World | None = None) -> AsyncIterator[Env]:
@@ -46,7 +53,7 @@ async def _env(mode_handlers: bool = True, world: World | None = None) -> AsyncI
         await ops.refresh()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Env(client, fake, ops, store)
+            yield Env(client, fake, ops, store, hub)
     await fake.close()
     store.close()
 
@@ -180,8 +187,7 @@ async def test_deal_history(env: Env) -> None:
     aborted = deal("gone", discharge="E003", charge="E002",
                    abortDateTime="2026/01/01-10:10:00", deactivateDateTime="--")
     for record in (live, done, aborted):  # published by one of the deal's units
-        await env.fake.bus.publish("apis.Mediator.deal.log", record,
-                                   {"unitId": record["chargeUnitId"]})
+        await env.publish_deal_log(record["chargeUnitId"], record)
     await eventually(lambda: env.store.deal_count() == 2)
     c = env.client
     history = (await c.get("/api/deals/history")).json()
@@ -201,29 +207,30 @@ async def test_deal_history(env: Env) -> None:
 async def test_deal_history_keeps_a_deal_from_forged_records(env: Env) -> None:
     """The Grid Master (E001 here) or a unit of the deal may record it; a record from
     another unit, or of another deal under the same dealId, replaces nothing."""
-    bus = env.fake.bus
     done = deal("x1", discharge="E003", charge="E002",
                 deactivateDateTime="2026/01/01-10:30:00", cumulateAmountWh=100.0)
-    await bus.publish("apis.Mediator.deal.log", done, {"unitId": "E001"})  # the Grid Master
+    await env.publish_deal_log("E001", done)  # the Grid Master
     await eventually(lambda: env.store.deal_count() == 1)
     forged = [
         ({**done, "cumulateAmountWh": 0.0}, "E004"),  # not a unit of the cluster's deal
-        ({**done, "cumulateAmountWh": 1.0}, None),  # nobody named
+        ({**done, "cumulateAmountWh": 1.0}, "fake-cluster"),  # a client that is no unit
         ({**done, "chargeUnitId": "E004", "requestUnitId": "E004", "cumulateAmountWh": 2.0},
          "E004"),  # another deal, by one of its units
         ({**done, "createDateTime": "2026/01/02-10:00:00", "cumulateAmountWh": 3.0}, "E002"),
     ]
     for record, sender in forged:
-        headers = {"unitId": sender} if sender is not None else {}
-        await bus.publish("apis.Mediator.deal.log", record, headers)
+        await env.publish_deal_log(sender, record)
+    # a client claiming in the headers to be a unit of the deal
+    await env.fake.bus.publish(signed("apis.Mediator.deal.log", "fake-cluster"),
+                               {**done, "cumulateAmountWh": 4.0}, {"unitId": "E003"})
     marker = deal("x2", deactivateDateTime="2026/01/01-10:40:00")  # delivered after them
-    await bus.publish("apis.Mediator.deal.log", marker, {"unitId": "E002"})
+    await env.publish_deal_log("E002", marker)
     await eventually(lambda: env.store.deal_count() == 2)
     kept = next(d for d in env.store.deals() if d["dealId"] == "x1")
     assert kept["cumulateAmountWh"] == 100.0
     assert env.store.energy_wh() == 100.0
     later = {**done, "cumulateAmountWh": 101.0}
-    await bus.publish("apis.Mediator.deal.log", later, {"unitId": "E003"})
+    await env.publish_deal_log("E003", later)
     await eventually(lambda: env.store.energy_wh() != 100.0)
     [stored] = [d for d in env.store.deals() if d["dealId"] == "x1"]
     assert stored["cumulateAmountWh"] == 101.0 and stored["chargeUnitId"] == "E002"

@@ -187,7 +187,7 @@ UNIT_PUBLISH = [
     "apis.Controller.scram",
     "apis.error",
     "apis.Mediator.externalRequest",
-    "apis.Mediator.deal.log",
+    "apis.*.Mediator.deal.record",
     "apis.Mediator.deal.needToStop",
     "apis.negotiation.*",
     "apis.GridMaster.helo",
@@ -217,7 +217,9 @@ WEB_PUBLISH = [
     "apis.Mediator.deal.create",
 ]
 
-RECORDS_SUBSCRIBE = ["apis.Mediator.deal.log", "apis.error", "apis.*.helo", "apis.GridMaster.helo"]
+RECORDS_SUBSCRIBE = [
+    signed("apis.Mediator.deal.log", "*"), "apis.error", "apis.*.helo", "apis.GridMaster.helo"
+]
 
 
 def _bucket_create(buckets: Iterable[str]) -> list[str]:
@@ -234,6 +236,7 @@ def permissions(identity: str, unit_ids: Sequence[str]) -> dict[str, Any]:
         publish = [
             f"apis.{identity}.helo",
             signed("apis.*.Controller.control.device", identity),
+            signed("apis.Mediator.deal.log", identity),
             *UNIT_PUBLISH,
             *_JS_READ,
             *_bucket_create(BUCKETS),

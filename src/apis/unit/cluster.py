@@ -82,7 +82,7 @@ class InProcessCluster:
         """Start every unit; on exit stop them all and wait for them."""
         self._observer = self.hub.connect("observer")
         self._registry = await Registry.open(self._observer)
-        await self._observer.subscribe("apis.Mediator.deal.log", self._on_deal_log)
+        await self._observer.subscribe(subjects.deal_log("*"), self._on_deal_log)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             for unit_id in self.unit_ids:

@@ -311,9 +311,7 @@ class GridMaster:
         return None
 
     async def _publish_log(self, deal_json: dict[str, Any]) -> None:
-        await self.bus.publish(
-            subjects.MEDIATOR_DEAL_LOG, deal_json, {subjects.UNIT_ID: self.unit_id}
-        )
+        await self.bus.publish(subjects.deal_log(self.unit_id), deal_json)
 
     # ---- global error handling (section 11.3) --------------------------------------------
 

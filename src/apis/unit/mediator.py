@@ -7,11 +7,12 @@ the deal log.
 - Foreign requests are answered with the User's accept.
 - Registration takes a *deal interlock* on both units (ascending unit ID) and stores the
   deal in the shared registry with create-if-absent.
-- Disposition publishes the final deal on `apis.Mediator.deal.log` (both units write their
-  file), removes it, and releases the interlocks (descending unit ID).
-- A record on `apis.Mediator.deal.log` is written only if its publisher is one of the deal's
-  units or the Grid Master (the one holding the lock). The publisher is named by the
-  ``unitId`` header, which the bus does not vouch for: any client may claim any unit.
+- Disposition publishes the final deal on `apis.Mediator.deal.log.from.<id>` (signed: the
+  bus vouches for the publisher; both units write their file), removes it, and releases the
+  interlocks (descending unit ID).
+- A deal record is written only if its publisher, as the bus vouches for it, is one of the
+  deal's units or the Grid Master (the one holding the lock); what the headers or the
+  payload say about the sender counts for nothing.
 - After a crash, the unit's live deal files are reconciled at start-up: a deal the registry
   no longer holds is closed with its partner's final record (`apis.<id>.Mediator.deal.record`)
   or, without one, recorded as aborted.
@@ -86,7 +87,7 @@ class Mediator:
                                 queue="mediator"),
         ]
         if self.deal_log is not None:  # without a log there is nothing to do with one
-            subscriptions.append(await bus.subscribe(subjects.MEDIATOR_DEAL_LOG, self._on_deal_log))
+            subscriptions.append(await bus.subscribe(subjects.deal_log("*"), self._on_deal_log))
             subscriptions.append(
                 await bus.subscribe(subjects.deal_record(self.unit_id), self._on_deal_record)
             )
@@ -281,9 +282,7 @@ class Mediator:
         if stored is None:
             return None
         deal = stored.deal
-        await self.bus.publish(
-            subjects.MEDIATOR_DEAL_LOG, deal.to_json(), {subjects.UNIT_ID: self.unit_id}
-        )
+        await self.bus.publish(subjects.deal_log(self.unit_id), deal.to_json())
         await self.registry.remove_deal(deal_id)
         for unit in sorted({deal.charge_unit_id, deal.discharge_unit_id}, reverse=True):
             await self._interlock(unit, deal, "release")
@@ -300,11 +299,11 @@ class Mediator:
             return None
         if not deal.involves(self.unit_id):
             return "N/A"
-        sender = msg.headers.get(subjects.UNIT_ID)
+        sender = msg.sender  # as the bus vouches for it, not as the message says
         if not await self._may_log(deal, sender):
             log.error(
-                "%s: deal log of %s refused: %s = %r is neither a unit of the deal nor the "
-                "Grid Master", self.unit_id, deal.deal_id, subjects.UNIT_ID, sender,
+                "%s: deal log of %s refused: its sender %r is neither a unit of the deal nor "
+                "the Grid Master", self.unit_id, deal.deal_id, sender,
             )
             return None
         if self._write(deal) is None:

@@ -58,7 +58,7 @@ CONTROLLER_DATA_ALL = "apis.Controller.data.all"
 CONTROLLER_SCRAM = "apis.Controller.scram"
 MEDIATOR_EXTERNAL_REQUEST = "apis.Mediator.externalRequest"
 MEDIATOR_DEAL_CREATE = "apis.Mediator.deal.create"
-MEDIATOR_DEAL_LOG = "apis.Mediator.deal.log"
+MEDIATOR_DEAL_LOG = "apis.Mediator.deal.log"  # signed: see deal_log()
 MEDIATOR_DEAL_NEED_TO_STOP = "apis.Mediator.deal.needToStop"
 MEDIATOR_DEALS = "apis.Mediator.deals"
 GRID_MASTER_HELO = "apis.GridMaster.helo"
@@ -114,3 +114,9 @@ def shutdown(unit_id: str) -> str:
 
 def controller_control_manual(unit_id: str) -> str:
     return f"apis.{unit_id}.Controller.control.manual"
+
+
+def deal_log(sender: str) -> str:
+    """A deal record published by `sender` (signed: the bus vouches for who sent it);
+    ``sender="*"``: what the units and the web subscribe to."""
+    return signed(MEDIATOR_DEAL_LOG, sender)

@@ -11,7 +11,8 @@ Bus and key-value contracts it relies on (see README.md in this package for the 
   `apis.GridMaster.unitId.all` -> ``[unitId]``, `apis.GridMaster.error.test` -> bool,
   `apis.Mediator.deals` -> ``[deal]`` (falls back to the `apis_deals` bucket); key
   ``operationMode`` and ``gridMasterUnitId`` in bucket `apis_state`;
-- subscriptions: `apis.Mediator.deal.log` (deal records; stored once ended) and `apis.error`
+- subscriptions: `apis.Mediator.deal.log.from.*` (deal records, signed by their publisher;
+  stored once ended) and `apis.error`
   (error objects);
 - actions: request `apis.operationMode` (header ``command=set``, body = mode) with a fall
   back to writing ``apis_state/operationMode``; request `apis.<id>.operationMode` (header
@@ -45,6 +46,7 @@ from apis.bus.base import (
     NoHandlers,
     RemoteFailure,
     Subscription,
+    signed,
 )
 from apis.store.history import HistoryStore, ModeChange, Schedule, deal_ending
 
@@ -265,7 +267,9 @@ class Operations:
     async def start(self) -> None:
         self._state = await self.bus.kv(STATE_BUCKET)
         self._deal_kv = await self.bus.kv(DEALS_BUCKET)
-        self._subscriptions.append(await self.bus.subscribe(MEDIATOR_DEAL_LOG, self._on_deal_log))
+        self._subscriptions.append(
+            await self.bus.subscribe(signed(MEDIATOR_DEAL_LOG, "*"), self._on_deal_log)
+        )
         self._subscriptions.append(await self.bus.subscribe(ERROR, self._on_error))
         self.started = True
 
@@ -600,8 +604,8 @@ class Operations:
 
     async def _on_deal_log(self, msg: Message) -> Any:
         if isinstance(msg.payload, dict) and deal_ending(msg.payload) is not None:
-            # the publisher as the unitId header names it (the bus does not vouch for it)
-            self.store.add_deal(msg.payload, time.time(), sender=msg.headers.get("unitId", ""),
+            # the publisher as the bus vouches for it (a signed subject)
+            self.store.add_deal(msg.payload, time.time(), sender=msg.sender or "",
                                 grid_master=self.grid_master)
         return None
 

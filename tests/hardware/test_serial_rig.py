@@ -74,7 +74,9 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 def converter_was_never_given_bad_values(model: ConverterModel) -> bool:
-    return 260 <= model.dvg <= 380 and 0 <= model.dig <= 2.3
+    # The converter holds a value truncated to its resolution: 260 V is 259.9976 V.
+    step = eza.GRID_VOLTAGE.fields[0].resolution
+    return 260 - step <= model.dvg <= 380 and 0 <= model.dig <= 2.3
 
 
 async def test_battery_over_modbus(rig: Rig) -> None:
@@ -205,6 +207,20 @@ async def test_modbus_twin_exception_codes(rig: Rig) -> None:
     reply = twin.answer(modbus.with_crc(bytes.fromhex("01 03 00 1D 00 02")))
     assert reply == modbus.encode_exception_reply(1, 0x03, 1)
     assert await battery.read_registers(0x270E, 1) == [0]
+
+
+async def test_a_set_point_at_the_lower_limit_is_applied_and_reported(rig: Rig) -> None:
+    # 260 V is sent as raw 11210, which the converter holds (and echoes) as 259.9976 V.
+    held = eza.GRID_VOLTAGE.fields[0].from_raw(11210)
+    status, body = await rig.get("/dcdc/set?mode=0x0014&dvg=260&dig=1&drg=0")
+    assert status == 200, body
+    assert body["vdis"]["dvg"] == held == rig.converter.dvg
+    assert rig.converter.mode == CV
+    # The Web API's set-point cache took the command: a current-only set works.
+    status, body = await rig.get("/dcdc/set?dig=2")
+    assert status == 200, body
+    status, body = await rig.get("/dcdc/get")
+    assert body["vdis"]["dvg"] == held and body["status"]["status"] == CV.code
 
 
 async def test_a_lone_converter_sees_a_dead_grid(rig: Rig) -> None:

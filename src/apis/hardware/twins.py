@@ -184,10 +184,6 @@ class ConverterModel:
         return eza.encode_cst(running)
 
 
-# Mode codes a converter accepts (APIS writes only the first four).
-_ACCEPTED_MODES = frozenset({0x0000, 0x0002, 0x0014, 0x0041, 0x0001, 0x0022, 0x0004, 0x0034})
-
-
 def _raw_of(f: eza.Field, value: float) -> int:
     """Encode a model value for a reply, clamped into the field's raw range."""
     lo, hi = f.raw_bounds
@@ -269,7 +265,7 @@ class Eza2500Twin:
             ):
                 self.refused_values.append(f"{f.name} = {v}")
                 return eza.encode_nak(frame.cmd, eza.ERCD_BAD_PARAMETER, self.address)
-        if command is eza.MODE and raw["mode"] not in _ACCEPTED_MODES:
+        if command is eza.MODE and raw["mode"] not in eza.MODE_CODES:
             self.refused_values.append(f"mode = 0x{raw['mode']:04x}")
             return eza.encode_nak(frame.cmd, eza.ERCD_BAD_PARAMETER, self.address)
         if command is not eza.ALARMS:

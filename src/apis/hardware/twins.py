@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +24,7 @@ SILENT = "silent"
 BAD_CHECKSUM = "bad_checksum"
 GARBAGE_FIRST = "garbage_first"
 WRONG_CMD = "wrong_cmd"
+WRONG_ADDRESS = "wrong_address"  # converter twin: the reply carries AD1 + 1 (checksum right)
 
 INTER_FRAME_QUIET_S = 0.02  # Modbus frames of unknown length end with silence
 
@@ -208,6 +210,8 @@ class Eza2500Twin:
         self.received: list[str] = []
         self.refused_values: list[str] = []
         self.ignored = 0  # frames for other addresses
+        # Applied to the next replies, one each (a test's line corruption); None: untouched.
+        self.corruptions: deque[Callable[[bytes], bytes] | None] = deque()
 
     def _values(self, command: eza.Command) -> dict[str, int]:
         if command is eza.METER:
@@ -249,7 +253,11 @@ class Eza2500Twin:
         elif fault == WRONG_CMD:
             body = reply[2:4] + bytes([reply[4] ^ 0x40]) + reply[5:-2]
             reply = reply[:2] + body + struct.pack("<H", eza.checksum(body))
-        return reply
+        elif fault == WRONG_ADDRESS:
+            body = bytes([(reply[2] + 1) & 0xFF]) + reply[3:-2]
+            reply = reply[:2] + body + struct.pack("<H", eza.checksum(body))
+        corrupt = self.corruptions.popleft() if self.corruptions else None
+        return reply if corrupt is None else corrupt(reply)
 
     def _write(self, command: eza.Command, frame: eza.Frame) -> bytes:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 
 from apis.hardware import eza2500 as eza
 from apis.hardware import modbus
+from apis.hardware.commwatchdog import CommunicationWatchdog
 from apis.hardware.converter import ConverterSettings
 from apis.hardware.driver import CommandLimits
 from apis.hardware.modbus import ModbusExceptionReply, ModbusSettings
@@ -165,6 +168,31 @@ async def test_watchdog_stops_a_denied_battery() -> None:
         assert "1-4" in r.converter_twin.received
         # The driver keeps serving and knows the new mode.
         assert (await r.driver.read_converter()).mode is W
+
+
+async def test_the_converter_twin_stops_when_its_driver_falls_silent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    converter = ConverterModel()
+    async with twin_rig(LIMITS, converter=converter, battery_settings=BATTERY,
+                        converter_settings=CONVERTER,
+                        watchdog=WatchdogSettings(force_waiting=False),
+                        converter_watchdog=CommunicationWatchdog(1.0)) as r:
+        await r.driver.set(DIS, 380.0, 1.0, 0.0)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.5
+        while loop.time() < end:  # reads keep it alive (2.5 timeouts)
+            assert (await r.driver.read_converter()).mode is DIS
+            await asyncio.sleep(0.1)
+        assert converter.mode == DIS and r.converter_twin.watchdog_stops == 0
+        await wait_until(lambda: converter.mode == W, timeout_s=30)  # silence: it stops
+        assert r.converter_twin.watchdog_stops == 1
+        # The driver believed DISCHARGE; it reads the change, confirms it and says so.
+        with caplog.at_level(logging.WARNING, "apis.hardware.converter"):
+            assert (await r.driver.read_converter()).mode is W
+        assert any("now holds mode = 0 (was mode = 2)" in m for m in caplog.messages)
+        await r.driver.set(CV, 350.0, 2.0, 0.0)  # from Waiting, in the Waiting order
+        assert converter.mode == CV
 
 
 # --- faults on the lines ----------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +19,10 @@ from typing import Protocol
 
 from apis.hardware import eza2500 as eza
 from apis.hardware import modbus
+from apis.hardware.commwatchdog import CommunicationWatchdog
 from apis.hardware.modes import ConverterMode
+
+log = logging.getLogger(__name__)
 
 # Fault names understood by both twins (plus "exception:N" / "nak:XXXX").
 SILENT = "silent"
@@ -200,12 +205,22 @@ class Eza2500Twin:
     """Answers EZA2500 request frames from a `ConverterModel`.
 
     `received` lists the command names seen ("4-4", "1-1", ...) in order; `refused_values`
-    lists every write the converter had to reject because a value was out of range.
+    lists every write the converter had to reject because a value was out of range. While
+    serving, the converter's communication `watchdog` puts it in Waiting after a silence
+    (no frame for its address) of `watchdog.timeout_s`; `watchdog_stops` counts that.
     """
 
-    def __init__(self, model: ConverterModel, address: eza.Address = eza.DEFAULT_ADDRESS) -> None:
+    def __init__(
+        self,
+        model: ConverterModel,
+        address: eza.Address = eza.DEFAULT_ADDRESS,
+        watchdog: CommunicationWatchdog | None = None,
+    ) -> None:
         self.model = model
         self.address = address
+        self.watchdog = watchdog if watchdog is not None else CommunicationWatchdog()
+        self.last_heard: float | None = None  # loop time of the last frame for this address
+        self.watchdog_stops = 0
         self.faults: deque[str] = deque()
         self.received: list[str] = []
         self.refused_values: list[str] = []
@@ -224,10 +239,13 @@ class Eza2500Twin:
         return {f.name: _raw_of(f, float(getattr(self.model, f.name, 0.0)))
                 for f in command.fields}
 
+    def _for_me(self, frame: eza.Frame) -> bool:
+        return (frame.ad1, frame.ad2) == (self.address.ad1, self.address.ad2)
+
     def answer(self, frame: eza.Frame) -> bytes | None:
         """The reply to one request frame; None (silence) for a frame addressed to another
         converter on the line, as a real one on a shared RS485 bus."""
-        if (frame.ad1, frame.ad2) != (self.address.ad1, self.address.ad2):
+        if not self._for_me(frame):
             self.ignored += 1
             return None
         command = eza.COMMANDS_BY_CMD.get(frame.cmd)
@@ -284,9 +302,15 @@ class Eza2500Twin:
         return eza.encode_ack(command, raw, self.address, write=True)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
         scanner = eza.request_scanner()
+        self.last_heard = loop.time()
         while True:
-            chunk = await reader.read(256)
+            try:
+                chunk = await asyncio.wait_for(reader.read(256), self._wait_s(loop.time()))
+            except TimeoutError:
+                self._check_watchdog(loop.time())
+                continue
             if not chunk:
                 return
             scanner.feed(chunk)
@@ -297,7 +321,27 @@ class Eza2500Twin:
                     continue  # a corrupted request gets no answer
                 if frame is None:
                     break
+                if self._for_me(frame):
+                    self.last_heard = loop.time()
                 reply = self.answer(frame)
                 if reply is not None:
                     writer.write(reply)
                     await writer.drain()
+            self._check_watchdog(loop.time())
+
+    def _wait_s(self, now: float) -> float | None:
+        """How long to wait for bytes before looking at the watchdog again (None: forever).
+        At most 1 s: a test may change the model's mode while the line is quiet."""
+        assert self.last_heard is not None
+        deadline = self.watchdog.deadline(self.last_heard)
+        return None if math.isinf(deadline) else min(max(deadline - now, 0.0) + 1e-3, 1.0)
+
+    def _check_watchdog(self, now: float) -> None:
+        assert self.last_heard is not None
+        if int(self.model.mode) != ConverterMode.WAITING and self.watchdog.expired(
+            self.last_heard, now
+        ):
+            log.warning("converter twin %s: no communication for %.1f s, back to Waiting "
+                        "(was 0x%04x)", self.address, now - self.last_heard, int(self.model.mode))
+            self.model.mode = ConverterMode.WAITING
+            self.watchdog_stops += 1

@@ -8,7 +8,9 @@ A rejected request (NAK) comes back with CMD | 0x80 and a 16-bit error code `erc
 Values are fixed point: raw = trunc(2**q * value / rating), value = raw * rating / 2**q.
 
 Nothing here does I/O: `encode_request` / `encode_reply` build bytes, `FrameScanner` finds
-frames in a byte stream, `decode_*` turn frames into values and raise `EzaError` subclasses.
+frames in a byte stream, `decode_*` turn frames into values and raise `EzaError` subclasses,
+`check_reply` also refuses what passes the checksum but cannot be the answer (another
+address, an echo that differs from the request, a value the converter cannot hold or read).
 """
 
 from __future__ import annotations

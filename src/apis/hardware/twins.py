@@ -2,7 +2,10 @@
 
 Each twin answers on an asyncio stream pair (a serial port, one end of a socat pty pair, or
 a TCP connection) from a small model object. Faults can be queued to test the master: a
-silent reply, a corrupted checksum/CRC, an exception or NAK reply, garbage on the line.
+silent reply, a corrupted checksum/CRC, an exception or NAK reply, garbage on the line, a
+reply from another address, any corruption of a reply. The converter twin answers only its
+own address (AD1, AD2), sees the voltage of the grid its model shares with other twins (0 V
+with no CV converter on it) and has the converter's communication watchdog.
 """
 
 from __future__ import annotations

@@ -39,7 +39,12 @@ def test_one_hour_one_voltage_reference_two_cc_units() -> None:
             await drivers["E002"].set(ConverterMode.DISCHARGE, 350.0, 2.0, 0.0)
             await drivers["E003"].set(ConverterMode.CHARGE, 350.0, 1.0, 0.0)
             moved_from = loop.time()
-            await asyncio.sleep(3600 - (moved_from - start))
+            # The units read their converters every 5 s, which keeps the converters'
+            # communication watchdogs (60 s) from stopping them.
+            while (left := 3600 - (loop.time() - start)) > 0:
+                await asyncio.sleep(min(5.0, left))
+                for driver in drivers.values():
+                    await driver.read()
             readings = {u: await d.read() for u, d in drivers.items()}
             stepping.cancel()
         assert world.t == pytest.approx(3600.0)

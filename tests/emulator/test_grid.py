@@ -13,7 +13,10 @@ from apis.config.grid import GridConfig, GridLine, GridNode
 from apis.config.hwconfig import HwConfig
 from apis.emulator import Alarm, ConverterModel, World
 from apis.emulator.grid import GridNetwork
+from apis.hardware.commwatchdog import CommunicationWatchdog
 from apis.hardware.modes import ConverterMode
+
+UNWATCHED = ConverterModel(watchdog=CommunicationWatchdog(None))
 
 CV = ConverterMode.VOLTAGE_REFERENCE
 
@@ -67,6 +70,9 @@ def test_broken_line_isolates_a_node() -> None:
 
 
 def _world(n: int, **kwargs: object) -> World:
+    # The tests step the world by hand and no driver polls it: the converters' communication
+    # watchdog is off (tests/emulator/test_watchdog.py covers it).
+    kwargs.setdefault("converter", UNWATCHED)
     world = World.with_units(n, initial_rsoc=50.0, **kwargs)  # type: ignore[arg-type]
     for unit in world.unit_ids:
         world.set_house_override(unit, pv_w=0.0, load_w=0.0)

@@ -11,9 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apis.config.hwconfig import HwConfig
-from apis.emulator import Alarm, World
+from apis.emulator import Alarm, ConverterModel, World
 from apis.emulator.house import BuiltinProfiles
+from apis.hardware.commwatchdog import CommunicationWatchdog
 from apis.hardware.modes import ConverterMode
+
+UNWATCHED = ConverterModel(watchdog=CommunicationWatchdog(None))
 
 UNITS = ("E001", "E002", "E003")
 
@@ -74,6 +77,9 @@ def test_energy_is_conserved_and_rsoc_bounded(
 
 
 def _quiet_world(n: int = 3, rsoc: float = 50.0, **kwargs: object) -> World:
+    # The tests step the world by hand and no driver polls it: the converters' communication
+    # watchdog is off (tests/emulator/test_watchdog.py covers it).
+    kwargs.setdefault("converter", UNWATCHED)
     world = World.with_units(n, initial_rsoc=rsoc, **kwargs)  # type: ignore[arg-type]
     for unit in world.unit_ids:
         world.set_house_override(unit, pv_w=0.0, load_w=0.0)
@@ -219,7 +225,7 @@ def test_ups_bypass_and_ac_charging_keep_energy_balanced() -> None:
 
     world = World.with_units(
         2, initial_rsoc=40.0, ups=UpsModel(), hw=HwConfig(battery_nominal_capacity_wh=500.0),
-        max_step_s=10.0,
+        max_step_s=10.0, converter=UNWATCHED,
     )
     world.set_house_override("E001", pv_w=0.0, load_w=800.0)
     world.set_house_override("E002", pv_w=0.0, load_w=0.0)

@@ -206,3 +206,29 @@ def test_random_bytes_give_typed_errors_only(data: bytes) -> None:
         parse_frame(data)
     except EzaError:
         pass
+
+
+# --- replies that pass the checksum but cannot be true ------------------------------------
+
+
+def test_check_reply_refuses_what_cannot_be_true() -> None:
+    from apis.hardware.eza2500 import EzaImplausible, check_reply
+
+    own, other = Address(0, 16), Address(1, 16)
+    reply = parse_frame(encode_ack(MODE, {"mode": 0x14}, other))
+    with pytest.raises(EzaImplausible, match=r"reply address = AD1=1 AD2=16 .*AD1=0 AD2=16"):
+        check_reply(reply, MODE, own, write=False)
+    assert check_reply(parse_frame(encode_ack(MODE, {"mode": 0x14})), MODE, own,
+                       write=False) == {"mode": 0x14}
+    swapped = parse_frame(encode_ack(MODE, {"mode": 0x1400}))  # the two data bytes swapped
+    with pytest.raises(EzaImplausible, match="mode = 0x1400"):
+        check_reply(swapped, MODE, own, write=False)
+    request = encode_write(GRID_VOLTAGE, {"dvg": 350, "drg": 0})
+    echo = parse_frame(encode_ack(GRID_VOLTAGE, {"dvg": 15091, "drg": 0}, write=True))
+    with pytest.raises(EzaImplausible, match=r"4-4 echo dvg = 350\.01.* \(sent 349\.98"):
+        check_reply(echo, GRID_VOLTAGE, own, write=True, request=request)
+    meter = {"vg": 15090, "ig": 2 * 1048, "vb": 17000, "ib": 0, "wg": 0, "wb": 0, "ic": 0,
+             "tmp": 30 * 128}  # 350 V at 2 A but no power
+    wrong_power = r"wg = 0\.0 \(vg \* ig = 699\.6: must agree within 24\.0 W\)"
+    with pytest.raises(EzaImplausible, match=wrong_power):
+        check_reply(parse_frame(encode_ack(METER, meter)), METER, own, write=False)

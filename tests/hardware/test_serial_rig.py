@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 
 from apis.hardware import eza2500 as eza
 from apis.hardware import modbus
+from apis.hardware.commwatchdog import CommunicationWatchdog
 from apis.hardware.converter import ConverterSettings
 from apis.hardware.driver import CommandLimits
 from apis.hardware.modbus import ModbusExceptionReply, ModbusSettings
@@ -75,7 +78,9 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 def converter_was_never_given_bad_values(model: ConverterModel) -> bool:
-    return 260 <= model.dvg <= 380 and 0 <= model.dig <= 2.3
+    # The converter holds a value truncated to its resolution: 260 V is 259.9976 V.
+    step = eza.GRID_VOLTAGE.fields[0].resolution
+    return 260 - step <= model.dvg <= 380 and 0 <= model.dig <= 2.3
 
 
 async def test_battery_over_modbus(rig: Rig) -> None:
@@ -166,6 +171,31 @@ async def test_watchdog_stops_a_denied_battery() -> None:
         assert (await r.driver.read_converter()).mode is W
 
 
+async def test_the_converter_twin_stops_when_its_driver_falls_silent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    converter = ConverterModel()
+    async with twin_rig(LIMITS, converter=converter, battery_settings=BATTERY,
+                        converter_settings=CONVERTER,
+                        watchdog=WatchdogSettings(force_waiting=False),
+                        converter_watchdog=CommunicationWatchdog(1.0)) as r:
+        await r.driver.set(DIS, 380.0, 1.0, 0.0)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.5
+        while loop.time() < end:  # reads keep it alive (2.5 timeouts)
+            assert (await r.driver.read_converter()).mode is DIS
+            await asyncio.sleep(0.1)
+        assert converter.mode == DIS and r.converter_twin.watchdog_stops == 0
+        await wait_until(lambda: converter.mode == W, timeout_s=30)  # silence: it stops
+        assert r.converter_twin.watchdog_stops == 1
+        # The driver believed DISCHARGE; it reads the change, confirms it and says so.
+        with caplog.at_level(logging.WARNING, "apis.hardware.converter"):
+            assert (await r.driver.read_converter()).mode is W
+        assert any("now holds mode = 0 (was mode = 2)" in m for m in caplog.messages)
+        await r.driver.set(CV, 350.0, 2.0, 0.0)  # from Waiting, in the Waiting order
+        assert converter.mode == CV
+
+
 # --- faults on the lines ----------------------------------------------------------------------
 
 
@@ -206,6 +236,20 @@ async def test_modbus_twin_exception_codes(rig: Rig) -> None:
     reply = twin.answer(modbus.with_crc(bytes.fromhex("01 03 00 1D 00 02")))
     assert reply == modbus.encode_exception_reply(1, 0x03, 1)
     assert await battery.read_registers(0x270E, 1) == [0]
+
+
+async def test_a_set_point_at_the_lower_limit_is_applied_and_reported(rig: Rig) -> None:
+    # 260 V is sent as raw 11210, which the converter holds (and echoes) as 259.9976 V.
+    held = eza.GRID_VOLTAGE.fields[0].from_raw(11210)
+    status, body = await rig.get("/dcdc/set?mode=0x0014&dvg=260&dig=1&drg=0")
+    assert status == 200, body
+    assert body["vdis"]["dvg"] == held == rig.converter.dvg
+    assert rig.converter.mode == CV
+    # The Web API's set-point cache took the command: a current-only set works.
+    status, body = await rig.get("/dcdc/set?dig=2")
+    assert status == 200, body
+    status, body = await rig.get("/dcdc/get")
+    assert body["vdis"]["dvg"] == held and body["status"]["status"] == CV.code
 
 
 async def test_a_lone_converter_sees_a_dead_grid(rig: Rig) -> None:

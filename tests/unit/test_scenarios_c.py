@@ -7,11 +7,14 @@ Deals are injected through `apis.Mediator.deal.create` with the global mode `het
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from apis.config.policy import Policy
 from apis.emulator import ConverterModel
+from apis.emulator.driver import EmulatedDriver
 from apis.hardware.modes import ConverterMode
 from apis.unit.data import UnitSnapshot
 from apis.unit.deal import Deal
@@ -49,6 +52,26 @@ async def inject(rig: Rig, discharge: str, charge: str, amount: float = 50,
     c = rig.cluster
     assert await c.wait_for(lambda: c.grid_master_unit() is not None, 120)
     return (await c.inject_deal(deal_json(discharge, charge, amount, **extra))).deal_id
+
+
+@contextlib.asynccontextmanager
+async def foreign_controller(rig: Rig, unit: str) -> AsyncIterator[None]:
+    """A foreign source's own controller, reading its converter every 5 s: without it the
+    converter's communication watchdog would stop the source after 60 s."""
+    driver = EmulatedDriver(rig.world, unit)
+
+    async def poll() -> None:
+        while True:
+            await driver.read()
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(poll(), name=f"foreign-{unit}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def deal_of(rig: Rig, deal_id: str) -> Deal | None:
@@ -283,12 +306,13 @@ def test_scenario_27_first_voltage_reference_voltage_guard(tmp_path: Path) -> No
 
     async def scenario(rig: Rig) -> tuple[Deal, float]:
         rig.world.set_converter("E003", VR, 300.0, 2.3, 0.0)
-        await asyncio.sleep(30)  # the grid now measures 300 V, inside the UVLO band
-        deal_id = await inject(rig, "E001", "E002", 50)
-        await asyncio.sleep(60)
-        waiting = await deal_of(rig, deal_id)
-        assert waiting is not None and not waiting.activated and rig.writes() == []
-        rig.world.set_converter("E003", WAIT, 350.0, 0.0, 0.0)  # the band is left
+        async with foreign_controller(rig, "E003"):
+            await asyncio.sleep(30)  # the grid now measures 300 V, inside the UVLO band
+            deal_id = await inject(rig, "E001", "E002", 50)
+            await asyncio.sleep(60)
+            waiting = await deal_of(rig, deal_id)
+            assert waiting is not None and not waiting.activated and rig.writes() == []
+            rig.world.set_converter("E003", WAIT, 350.0, 0.0, 0.0)  # the band is left
         released = asyncio.get_running_loop().time()
         return await until_finished(rig, deal_id), released
 
@@ -303,9 +327,10 @@ def test_scenario_27_foreign_voltage_stops_everything(tmp_path: Path) -> None:
 
     async def scenario(rig: Rig) -> tuple[Deal, str, list[str]]:
         rig.world.set_converter("E003", VR, 330.0, 2.3, 0.0)
-        await asyncio.sleep(30)
-        deal = await until_finished(rig, await inject(rig, "E001", "E002", 50), 120)
-        await asyncio.sleep(15)  # CC units scrammed, then the VR after the delay; mode stop
+        async with foreign_controller(rig, "E003"):
+            await asyncio.sleep(30)
+            deal = await until_finished(rig, await inject(rig, "E001", "E002", 50), 120)
+            await asyncio.sleep(15)  # CC units scrammed, then the VR after the delay; stop
         gm = rig.cluster.units[rig.cluster.grid_master_units()[0]].grid_master
         assert gm is not None
         mode = await rig.cluster.registry.global_mode("autonomous")

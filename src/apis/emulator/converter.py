@@ -32,16 +32,21 @@ Loss as a function of grid-side power P while switching:
 `standby_loss_w`. The defaults give about 95 % at 2.5 kW and 96 % near 700 W, plausible for a
 2.5 kW bidirectional unit. The heat-sink temperature follows the loss with a first-order
 thermal model.
+
+Communication watchdog (`apis.hardware.commwatchdog`, shared with the serial twin): a
+converter that hears nothing from its driver (no read, no command) for `watchdog.timeout_s`
+(60 s) goes back to WAITING by itself, as a converter whose master has died should.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntFlag
 
 import numpy as np
 from numpy.typing import NDArray
 
+from apis.hardware.commwatchdog import CommunicationWatchdog
 from apis.hardware.modes import ConverterMode
 
 FloatArray = NDArray[np.float64]
@@ -97,6 +102,8 @@ class ConverterModel:
     over_temperature_hysteresis_k: float = 5.0  # re-arm this far below the trip point
     under_voltage_v: float = 300.0  # `ugv`: below it a CC converter cannot work
     device_dig_max_a: float = 8.5162  # EZA2500 grid current range
+    # With no driver call (read or command) for its timeout, a converter goes to WAITING.
+    watchdog: CommunicationWatchdog = field(default_factory=CommunicationWatchdog)
 
     def loss_w(self, grid_power_w: FloatArray, switching: NDArray[np.bool_]) -> FloatArray:
         """Converter loss (W) at grid-side power P; only the standby part when not switching."""

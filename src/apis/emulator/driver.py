@@ -3,7 +3,8 @@
 Every call first steps the world up to the running loop's time, so readings are current in
 real, scaled or virtual time. Commands outside the unit's `CommandLimits` are refused before
 they reach the emulated converter; an injected driver timeout makes every call hang for its
-delay (loop time) and then raise `DriverError`.
+delay (loop time) and then raise `DriverError` (and does not reach the converter, whose
+communication watchdog then runs out). Every other call, read or command, resets it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class EmulatedDriver:
                 f"unit {self.unit_id}: converter read timeout (injected fault, after {delay} s)"
             )
         self.world.sync()
+        self.world.heard(self.unit_id)  # the converter's communication watchdog
 
     async def read(self) -> UnitData:
         await self._reach_device()

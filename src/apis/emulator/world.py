@@ -219,7 +219,7 @@ _UNIT_ARRAYS = (
     "permitted", "deny_below", "permit_above", "fault_deny", "fault_alarm", "fault_extra_k",
     "pv_override_w", "load_override_w",
     "mode", "dvg", "dig", "drg", "i_cc", "v_ref", "cv_active", "soft_start",
-    "over_temperature",
+    "over_temperature", "last_heard_s",
     "temperature_c", "alarms",
     "pv_w", "pv_used_w", "load_w", "vg", "ig", "wg", "wb", "vb", "ib", "loss_w",
     "battery_power_w", "bought_w", "grid_role", "grid_state", "ups_bypass", "ups_ac_charging",
@@ -254,6 +254,7 @@ class World:
     i_cc: FloatArray
     v_ref: FloatArray
     temperature_c: FloatArray
+    last_heard_s: FloatArray  # world time of the driver's last read or command
     pv_w: FloatArray
     pv_used_w: FloatArray
     load_w: FloatArray
@@ -326,6 +327,11 @@ class World:
         self.droop_parallels: list[DroopParallel] = []
         self._active_parallels: dict[tuple[str, ...], int] = {}  # group -> record index
         self.driver_delay_s: dict[str, float] = {}  # injected driver timeouts
+        # Converters the communication watchdog stopped: (unit, world time).
+        self.watchdog_stops: list[tuple[str, float]] = []
+        # No converter's watchdog fires before this world time (a lower bound: the last
+        # communication only moves forward; recomputed when the modes change).
+        self._watchdog_due = -math.inf
         self.line_loss_wh = np.zeros(len(self.grid.line_ids))
         # Kept when units or lines are removed, so the grid balance still closes.
         self.retired_grid_out_wh = 0.0  # net energy removed units gave to the grid
@@ -529,6 +535,8 @@ class World:
         if dt < 0 or not math.isfinite(dt):
             raise ValueError(f"dt = {dt} (must be a finite number >= 0)")
         model = self.model
+        if self.t + dt > self._watchdog_due:
+            self._run_watchdog(self.t + dt)
         setup = self._current_setup()
         at = self.now()
         pv, load = self._house_power(setup, at)
@@ -640,7 +648,32 @@ class World:
         setup = self._setup
         if setup is None or setup.key != key:
             setup = self._setup = self._build_setup(key)
+            self._watchdog_due = self._next_watchdog_due()
         return setup
+
+    def _next_watchdog_due(self) -> float:
+        """When the first switching converter's watchdog fires if nobody talks to it."""
+        timeout = self.model.watchdog.timeout_s
+        active = self.mode != WAITING
+        if timeout is None or not active.any():
+            return math.inf
+        return float(self.last_heard_s[active].min()) + timeout
+
+    def _run_watchdog(self, end: float) -> None:
+        """Converters whose timeout without a word from their driver runs out before `end`
+        (the end of the step about to be made) stop: WAITING from the step's start."""
+        timeout = self.model.watchdog.timeout_s
+        if timeout is not None:
+            silent = (self.mode != WAITING) & (end - self.last_heard_s > timeout)
+            for i in np.flatnonzero(silent).tolist():
+                self.mode[i] = WAITING
+                self.watchdog_stops.append((self.unit_ids[i], self.t))
+        self._watchdog_due = self._next_watchdog_due()
+
+    def heard(self, unit_id: str) -> None:
+        """The unit's driver reached its converter (a read or a command): it resets the
+        converter's communication watchdog. Call after `sync`, at the present time."""
+        self.last_heard_s[self.index(unit_id)] = self.t
 
     def _build_setup(self, key: tuple[object, ...]) -> _Setup:
         model = self.model
@@ -957,6 +990,7 @@ class World:
         i = self.index(unit_id)
         self._check_values(dvg=dvg, dig=dig, drg=drg)
         self.sync()
+        self.last_heard_s[i] = self.t
         self.dvg[i], self.dig[i], self.drg[i] = dvg, dig, drg
         self.mode[i] = int(ConverterMode(mode))
         self.step(0.0)
@@ -965,6 +999,7 @@ class World:
         i = self.index(unit_id)
         self._check_values(dvg=dvg, drg=drg)
         self.sync()
+        self.last_heard_s[i] = self.t
         self.dvg[i], self.drg[i] = dvg, drg
         self.step(0.0)
 
@@ -972,6 +1007,7 @@ class World:
         i = self.index(unit_id)
         self._check_values(dig=dig)
         self.sync()
+        self.last_heard_s[i] = self.t
         self.dig[i] = dig
         self.step(0.0)
 
@@ -1284,6 +1320,7 @@ class World:
 
     def _init_unit(self, i: int) -> None:
         self.mode[i] = WAITING
+        self.last_heard_s[i] = self.t
         self.permitted[i] = True
         for name in ("deny_below", "permit_above", "pv_override_w", "load_override_w"):
             getattr(self, name)[i] = np.nan

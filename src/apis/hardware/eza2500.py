@@ -8,7 +8,9 @@ A rejected request (NAK) comes back with CMD | 0x80 and a 16-bit error code `erc
 Values are fixed point: raw = trunc(2**q * value / rating), value = raw * rating / 2**q.
 
 Nothing here does I/O: `encode_request` / `encode_reply` build bytes, `FrameScanner` finds
-frames in a byte stream, `decode_*` turn frames into values and raise `EzaError` subclasses.
+frames in a byte stream, `decode_*` turn frames into values and raise `EzaError` subclasses,
+`check_reply` also refuses what passes the checksum but cannot be the answer (another
+address, an echo that differs from the request, a value the converter cannot hold or read).
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ class EzaChecksumError(EzaError):
 
 class EzaValueError(EzaError):
     """A reply that is not the answer to the request (wrong CMD, wrong length)."""
+
+
+class EzaImplausible(EzaValueError):
+    """A reply that passed its checksum yet cannot be true: the wrong address, a value
+    outside what the converter can hold or measure, an echo that differs from the request.
+    The additive checksum misses swapped bytes and changes that cancel out, so replies are
+    checked against what the request and physics allow."""
 
 
 class EzaNak(EzaError):
@@ -125,6 +134,11 @@ class Field:
 
     def from_raw(self, raw: int) -> float:
         return raw * self.rating / 2**self.q if self.scaled else float(raw)
+
+    @property
+    def resolution(self) -> float:
+        """One raw step in engineering units (the converter's resolution)."""
+        return self.rating / 2**self.q if self.scaled else 1.0
 
     @property
     def raw_bounds(self) -> tuple[int, int]:
@@ -243,6 +257,8 @@ COMMANDS: tuple[Command, ...] = (
     CHARGE_RATES, ALARMS, METER, SENSORS, METER_Q, SENSORS_Q, RATINGS, VERSION_A, VERSION_B,
 )
 COMMANDS_BY_CMD: dict[int, Command] = {c.cmd: c for c in COMMANDS}
+# Mode codes a converter accepts (APIS writes only the first four).
+MODE_CODES = frozenset({0x0000, 0x0002, 0x0014, 0x0041, 0x0001, 0x0022, 0x0004, 0x0034})
 # LEN values a request may carry (reads carry no data).
 REQUEST_LENGTHS = frozenset({0} | {c.write_reply_length for c in COMMANDS if c.writable})
 
@@ -428,6 +444,97 @@ def decode_reply(frame: Frame, command: Command, *, write: bool = False) -> dict
     if frame.cmd != command.cmd:
         raise EzaValueError(f"reply CMD = 0x{frame.cmd:02x} (expected 0x{command.cmd:02x})")
     return decode_fields(command.written if write else command.fields, frame.data)
+
+
+# --- plausibility of replies -------------------------------------------------------------
+
+# What a reply to a read may carry beyond the fields' documented ranges: the meter's physical
+# range of a 2.5 kW converter (5 % over its ratings for transients); None: no bound.
+_METER_RANGES: dict[str, tuple[float, float] | None] = {
+    "vg": (-5.0, 450.0), "ig": (-9.0, 9.0), "vb": (-1.0, 72.0), "ib": (-60.0, 60.0),
+    "wg": (-2625.0, 2625.0), "wb": (-2625.0, 2625.0), "ic": None, "tmp": (-40.0, 150.0),
+}
+# |wg - vg * ig| and |wb - vb * ib| above this are not one measurement (W): the meter's
+# quantisation is about 2 W, the rest allows for sensors that are sampled apart.
+POWER_MISMATCH_W = 10.0
+POWER_MISMATCH_RATIO = 0.02
+CST_DOCUMENTED_BITS = 0x000F  # running state (bits 0-1) and alarm state (bits 2-3)
+# Commands whose values move by themselves (measurements), and how far the meter may move
+# between two replies a few ms apart (more is a corrupted reply, logged as such).
+MEASUREMENTS = frozenset({METER, SENSORS})
+MEASUREMENT_NOISE = {"vg": 2.0, "ig": 0.1, "vb": 0.5, "ib": 0.5, "wg": 40.0, "wb": 40.0,
+                     "ic": 16.0, "tmp": 1.0, "ts": 16.0, "tp": 16.0, "v5s": 0.1,
+                     **{f"fan{i}": 100.0 for i in range(1, 6)}}
+
+
+def check_reply(
+    frame: Frame, command: Command, address: Address, *, write: bool, request: bytes = b""
+) -> dict[str, float]:
+    """The values of a reply to `command` sent to `address`, if the reply can be true.
+
+    Beyond `decode_reply`: the reply's AD1/AD2 must be the request's, a write's reply must
+    echo the request's data byte for byte (`request`: the request frame), and a read's values
+    must lie within what the converter can hold or measure (`plausibility_error`). Raise
+    `EzaImplausible` (or what `decode_reply` raises) naming the field, value and limit.
+    """
+    if (frame.ad1, frame.ad2) != (address.ad1, address.ad2):
+        raise EzaImplausible(
+            f"reply address = AD1={frame.ad1} AD2={frame.ad2} (the request went to "
+            f"AD1={address.ad1} AD2={address.ad2})"
+        )
+    values = decode_reply(frame, command, write=write)
+    if write:
+        sent = request[HEADER_LENGTH:-CHECKSUM_LENGTH]
+        if frame.data != sent:
+            expected = decode_fields(command.written, sent)
+            wrong = next(n for n in values if values[n] != expected[n])
+            raise EzaImplausible(
+                f"{command.write_name} echo {wrong} = {values[wrong]} (sent {expected[wrong]})"
+            )
+        return values
+    error = plausibility_error(command, values)
+    if error is not None:
+        raise EzaImplausible(f"{command.read_name} reply {error}")
+    return values
+
+
+def plausibility_error(command: Command, values: Mapping[str, float]) -> str | None:
+    """Why the values of a read reply cannot be true (None: they can)."""
+    if command is MODE:
+        if int(values["mode"]) not in MODE_CODES:
+            return f"mode = 0x{int(values['mode']):04x} (not a mode of the converter)"
+        return None
+    if command is STATUS:
+        cst = int(values["cst"])
+        if cst & ~CST_DOCUMENTED_BITS:
+            return f"cst = 0x{cst:04x} (only bits 0-3 are defined)"
+        try:
+            decode_cst(cst)
+        except EzaValueError as error:
+            return str(error)
+        return None
+    if command is METER:
+        return _meter_error(values)
+    for f in command.fields:
+        if f.minimum is None or f.maximum is None:
+            continue
+        # one raw step of slack below: a limit value is truncated just under it
+        if not f.minimum - f.resolution <= values[f.name] <= f.maximum:
+            return f"{f.name} = {values[f.name]} (must be within {f.minimum}..{f.maximum})"
+    return None
+
+
+def _meter_error(values: Mapping[str, float]) -> str | None:
+    for name, bounds in _METER_RANGES.items():
+        if bounds is not None and not bounds[0] <= values[name] <= bounds[1]:
+            return f"{name} = {values[name]} (must be within {bounds[0]}..{bounds[1]})"
+    for power, voltage, current in (("wg", "vg", "ig"), ("wb", "vb", "ib")):
+        product = values[voltage] * values[current]
+        allowed = POWER_MISMATCH_W + POWER_MISMATCH_RATIO * abs(product)
+        if abs(values[power] - product) > allowed:
+            return (f"{power} = {values[power]} ({voltage} * {current} = {product:.1f}: must "
+                    f"agree within {allowed:.1f} W)")
+    return None
 
 
 # --- converter words --------------------------------------------------------------------------

@@ -285,11 +285,15 @@ async def read_exactly(reader: asyncio.StreamReader, n: int, deadline: float) ->
     return data
 
 
-async def drain_input(reader: asyncio.StreamReader, quiet_s: float = 0.02) -> None:
-    """Drop what is left of a broken frame: read until the line has been quiet `quiet_s`."""
-    while True:
+async def drain_input(reader: asyncio.StreamReader, deadline: float, quiet_s: float = 0.02) -> None:
+    """Drop what is left of a broken frame: read until the line has been quiet `quiet_s`, but
+    not past the loop time `deadline` (or `quiet_s` from now, if later): a line full of noise
+    never goes quiet, and the transaction must still end."""
+    loop = asyncio.get_running_loop()
+    end = max(deadline, loop.time() + quiet_s)
+    while (remaining := end - loop.time()) > 0:
         try:
-            chunk = await asyncio.wait_for(reader.read(256), quiet_s)
+            chunk = await asyncio.wait_for(reader.read(256), min(quiet_s, remaining))
         except TimeoutError:
             return
         if not chunk:
@@ -343,7 +347,7 @@ class ModbusBattery:
                 return decode_reply(frame, self.settings.slave, count)
             except (ModbusTimeout, ModbusFrameError):
                 # A late or broken frame must not be taken as the answer to the next request.
-                await drain_input(self._reader)
+                await drain_input(self._reader, deadline)
                 raise
 
     async def read(self) -> BatteryData:

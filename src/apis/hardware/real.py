@@ -1,9 +1,12 @@
 """A DeviceDriver over a serial battery (Modbus RTU) and a serial EZA2500 converter.
 
-Mode changes follow the seed's order (`modes.transition_steps`); every write is read back and
-compared with what was sent. A watchdog puts the converter in Waiting when the battery denies
-sharing. All converter traffic of one operation holds one lock, so the watchdog never lands
-between the steps of a mode change.
+Mode changes follow the seed's order (`modes.transition_steps`); every write's echo must be
+what was sent (checked by `Eza2500Converter`). The driver remembers what the converter holds
+(mode, voltage and current set-points: the echoes and confirmed reads), reads are checked
+against it (a change is taken once confirmed), and it forgets it when a command fails half
+way, so the next command reads the converter afresh. A watchdog puts the converter in
+Waiting when the battery denies sharing. All converter traffic of one operation holds one
+lock, so the watchdog never lands between the steps of a mode change.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class RealDriver:
         self.watchdog = watchdog or WatchdogSettings()
         self._operation = asyncio.Lock()
         self._mode: ConverterMode | None = None  # last mode read or written
+        # What the converter holds, by command: echoes of writes and confirmed reads.
+        self._held: dict[eza.Command, dict[str, float]] = {}
         self._watchdog_task: asyncio.Task[None] | None = None
         self.watchdog_stops = 0  # how often the watchdog forced Waiting
 
@@ -104,12 +109,17 @@ class RealDriver:
     async def _read_all(self) -> ConverterData:
         """Mode, voltage set-point, current limit, then the snapshot (caller holds the lock)."""
         mode = await self._read_mode()
-        vdis = await self.converter.read(eza.GRID_VOLTAGE)
-        param = await self.converter.read(eza.CURRENT_LIMITS)
+        vdis = await self._read_held(eza.GRID_VOLTAGE)
+        param = await self._read_held(eza.CURRENT_LIMITS)
         return await self._snapshot(mode, vdis, param["dig"])
 
+    async def _read_held(self, command: eza.Command) -> dict[str, float]:
+        values = await self.converter.read(command, self._held.get(command))
+        self._held[command] = values
+        return values
+
     async def _read_mode(self) -> ConverterMode:
-        raw = int((await self.converter.read(eza.MODE))["mode"])
+        raw = int((await self._read_held(eza.MODE))["mode"])
         try:
             self._mode = ConverterMode(raw)
         except ValueError:
@@ -117,11 +127,16 @@ class RealDriver:
             raise DriverError(f"converter mode = 0x{raw:04x} (not one APIS sets)") from None
         return self._mode
 
+    def _forget(self) -> None:
+        """A command failed part way: what the converter holds is unknown until read."""
+        self._mode = None
+        self._held.clear()
+
     async def _snapshot(
         self, mode: ConverterMode, vdis: dict[str, float], dig: float
     ) -> ConverterData:
-        status = await self.converter.read(eza.STATUS)
-        alarms = await self.converter.read(eza.ALARMS)
+        status = await self._read_held(eza.STATUS)
+        alarms = await self._read_held(eza.ALARMS)
         meter = await self.converter.read(eza.METER)
         cst = int(status["cst"])
         running, alarm_state = eza.decode_cst(cst)
@@ -161,67 +176,82 @@ class RealDriver:
             raise CommandRefused(str(error)) from None
         return values
 
-    async def _write_voltage(self, values: dict[str, float]) -> dict[str, float]:
-        echo = await self.converter.write(eza.GRID_VOLTAGE, values)
-        self._verify("dvg", values["dvg"], echo["dvg"], eza.GRID_VOLTAGE.fields[0])
-        self._verify("drg", values["drg"], echo["drg"], eza.GRID_VOLTAGE.fields[1])
+    async def _write(self, command: eza.Command, values: dict[str, float]) -> dict[str, float]:
+        """Write and remember the echo: what the converter now holds, at its resolution
+        (dvg = 260 is held as 259.9976 V), which the converter checked equals the request."""
+        self._held.pop(command, None)  # unknown until the echo confirms it
+        echo = await self.converter.write(command, values)
+        self._held[command] = echo
         return echo
 
+    async def _write_voltage(self, values: dict[str, float]) -> dict[str, float]:
+        return await self._write(eza.GRID_VOLTAGE, values)
+
     async def _write_current(self, values: dict[str, float]) -> dict[str, float]:
-        echo = await self.converter.write(eza.CURRENT_LIMITS, values)
-        self._verify("dig", values["dig"], echo["dig"], eza.CURRENT_LIMITS.fields[1])
-        return echo
+        return await self._write(eza.CURRENT_LIMITS, values)
 
     async def _write_mode(self, mode: ConverterMode) -> None:
         self._mode = None  # unknown until confirmed
-        echo = int((await self.converter.write(eza.MODE, {"mode": mode}))["mode"])
-        if echo != mode:
-            raise DriverError(f"mode echo = 0x{echo:04x} (sent {mode.code})")
+        await self._write(eza.MODE, {"mode": mode})
         self._mode = mode
-
-    @staticmethod
-    def _verify(name: str, sent: float, echo: float, f: eza.Field) -> None:
-        if f.to_raw(sent) != f.to_raw(echo) and abs(sent - echo) > f.rating / 2**f.q:
-            raise DriverError(f"{name} echo = {echo} (sent {sent})")
 
     async def set(self, mode: ConverterMode, dvg: float, dig: float, drg: float) -> ConverterData:
         voltage, current = self._voltage_values(dvg, drg), self._current_values(dig)
         async with self._operation:
-            present = self._mode if self._mode is not None else await self._read_mode()
+            # Read, not remembered: the converter's own watchdog may have stopped it.
+            present = await self._read_mode()
             try:
                 steps = transition_steps(present, mode)
             except ModeTransitionRefused as error:
                 raise CommandRefused(str(error)) from None
-            vdis: dict[str, float] = {}
-            dig_echo = dig
-            for step in steps:
-                if step is ModeChangeStep.SET_VOLTAGE:
-                    vdis = await self._write_voltage(voltage)
-                elif step is ModeChangeStep.SET_CURRENT:
-                    dig_echo = (await self._write_current(current))["dig"]
-                else:
-                    await self._write_mode(mode)
-            # Read back: the reply describes the converter after the change.
-            now = await self._read_mode()
-            if now is not mode:
-                raise DriverError(f"mode read back = {now.code} (set {mode.code})")
-            return await self._snapshot(now, vdis, dig_echo)
+            try:
+                return await self._change(mode, steps, voltage, current, dig)
+            except DriverError:
+                self._forget()
+                raise
+
+    async def _change(
+        self, mode: ConverterMode, steps: tuple[ModeChangeStep, ...],
+        voltage: dict[str, float], current: dict[str, float], dig: float,
+    ) -> ConverterData:
+        vdis: dict[str, float] = {}
+        dig_echo = dig
+        for step in steps:
+            if step is ModeChangeStep.SET_VOLTAGE:
+                vdis = await self._write_voltage(voltage)
+            elif step is ModeChangeStep.SET_CURRENT:
+                dig_echo = (await self._write_current(current))["dig"]
+            else:
+                await self._write_mode(mode)
+        # Read back: the reply describes the converter after the change.
+        now = await self._read_mode()
+        if now is not mode:
+            raise DriverError(f"mode read back = {now.code} (set {mode.code})")
+        return await self._snapshot(now, vdis, dig_echo)
 
     async def set_voltage(self, dvg: float, drg: float) -> ConverterData:
         voltage = self._voltage_values(dvg, drg)
         async with self._operation:
-            vdis = await self._write_voltage(voltage)
-            mode = self._mode if self._mode is not None else await self._read_mode()
-            dig = (await self.converter.read(eza.CURRENT_LIMITS))["dig"]
-            return await self._snapshot(mode, vdis, dig)
+            try:
+                vdis = await self._write_voltage(voltage)
+                mode = await self._read_mode()
+                dig = (await self._read_held(eza.CURRENT_LIMITS))["dig"]
+                return await self._snapshot(mode, vdis, dig)
+            except DriverError:
+                self._forget()
+                raise
 
     async def set_current(self, dig: float) -> ConverterData:
         current = self._current_values(dig)
         async with self._operation:
-            echo = await self._write_current(current)
-            mode = self._mode if self._mode is not None else await self._read_mode()
-            vdis = await self.converter.read(eza.GRID_VOLTAGE)
-            return await self._snapshot(mode, vdis, echo["dig"])
+            try:
+                echo = await self._write_current(current)
+                mode = await self._read_mode()
+                vdis = await self._read_held(eza.GRID_VOLTAGE)
+                return await self._snapshot(mode, vdis, echo["dig"])
+            except DriverError:
+                self._forget()
+                raise
 
     async def clear_alarm(self) -> ConverterData:
         """Clear the converter's latched alarms (9-4 with d0 = d1 = 0), then read it back.
@@ -229,6 +259,7 @@ class RealDriver:
         Changes no set-point and no mode; the reply shows whether an alarm is still present.
         """
         async with self._operation:
+            self._held.pop(eza.ALARMS, None)
             await self.converter.write(eza.ALARMS, {"d0": 0, "d1": 0})
             return await self._read_all()
 

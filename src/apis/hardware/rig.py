@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from apis.hardware.commwatchdog import CommunicationWatchdog
 from apis.hardware.converter import ConverterSettings, Eza2500Converter
 from apis.hardware.driver import CommandLimits
 from apis.hardware.modbus import ModbusBattery, ModbusSettings
@@ -41,12 +42,17 @@ async def twin_rig(
     battery_settings: ModbusSettings | None = None,
     converter_settings: ConverterSettings | None = None,
     watchdog: WatchdogSettings | None = None,
+    converter_watchdog: CommunicationWatchdog | None = None,
 ) -> AsyncIterator[TwinRig]:
-    """Start socat, the twins and the driver; stop and wait for all of them on exit."""
+    """Start socat, the twins and the driver; stop and wait for all of them on exit.
+
+    `watchdog` is the driver's battery watchdog, `converter_watchdog` the converter twin's
+    own communication watchdog (default: 60 s)."""
     battery_settings = battery_settings or ModbusSettings(baudrate=115200)
     converter_settings = converter_settings or ConverterSettings(baudrate=115200)
     battery_twin = ModbusBatteryTwin(battery or SimpleBattery(), battery_settings.slave)
-    converter_twin = Eza2500Twin(converter or ConverterModel(), converter_settings.address)
+    converter_twin = Eza2500Twin(converter or ConverterModel(), converter_settings.address,
+                                 converter_watchdog)
     async with contextlib.AsyncExitStack() as stack:
         b_driver, b_twin = await stack.enter_async_context(pty_pair())
         c_driver, c_twin = await stack.enter_async_context(pty_pair())

@@ -2,27 +2,37 @@
 
 Each twin answers on an asyncio stream pair (a serial port, one end of a socat pty pair, or
 a TCP connection) from a small model object. Faults can be queued to test the master: a
-silent reply, a corrupted checksum/CRC, an exception or NAK reply, garbage on the line.
+silent reply, a corrupted checksum/CRC, an exception or NAK reply, garbage on the line, a
+reply from another address, any corruption of a reply. The converter twin answers only its
+own address (AD1, AD2), sees the voltage of the grid its model shares with other twins (0 V
+with no CV converter on it) and has the converter's communication watchdog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from apis.hardware import eza2500 as eza
 from apis.hardware import modbus
+from apis.hardware.commwatchdog import CommunicationWatchdog
 from apis.hardware.modes import ConverterMode
+
+log = logging.getLogger(__name__)
 
 # Fault names understood by both twins (plus "exception:N" / "nak:XXXX").
 SILENT = "silent"
 BAD_CHECKSUM = "bad_checksum"
 GARBAGE_FIRST = "garbage_first"
 WRONG_CMD = "wrong_cmd"
+WRONG_ADDRESS = "wrong_address"  # converter twin: the reply carries AD1 + 1 (checksum right)
 
 INTER_FRAME_QUIET_S = 0.02  # Modbus frames of unknown length end with silence
 
@@ -184,10 +194,6 @@ class ConverterModel:
         return eza.encode_cst(running)
 
 
-# Mode codes a converter accepts (APIS writes only the first four).
-_ACCEPTED_MODES = frozenset({0x0000, 0x0002, 0x0014, 0x0041, 0x0001, 0x0022, 0x0004, 0x0034})
-
-
 def _raw_of(f: eza.Field, value: float) -> int:
     """Encode a model value for a reply, clamped into the field's raw range."""
     lo, hi = f.raw_bounds
@@ -202,16 +208,28 @@ class Eza2500Twin:
     """Answers EZA2500 request frames from a `ConverterModel`.
 
     `received` lists the command names seen ("4-4", "1-1", ...) in order; `refused_values`
-    lists every write the converter had to reject because a value was out of range.
+    lists every write the converter had to reject because a value was out of range. While
+    serving, the converter's communication `watchdog` puts it in Waiting after a silence
+    (no frame for its address) of `watchdog.timeout_s`; `watchdog_stops` counts that.
     """
 
-    def __init__(self, model: ConverterModel, address: eza.Address = eza.DEFAULT_ADDRESS) -> None:
+    def __init__(
+        self,
+        model: ConverterModel,
+        address: eza.Address = eza.DEFAULT_ADDRESS,
+        watchdog: CommunicationWatchdog | None = None,
+    ) -> None:
         self.model = model
         self.address = address
+        self.watchdog = watchdog if watchdog is not None else CommunicationWatchdog()
+        self.last_heard: float | None = None  # loop time of the last frame for this address
+        self.watchdog_stops = 0
         self.faults: deque[str] = deque()
         self.received: list[str] = []
         self.refused_values: list[str] = []
         self.ignored = 0  # frames for other addresses
+        # Applied to the next replies, one each (a test's line corruption); None: untouched.
+        self.corruptions: deque[Callable[[bytes], bytes] | None] = deque()
 
     def _values(self, command: eza.Command) -> dict[str, int]:
         if command is eza.METER:
@@ -224,10 +242,13 @@ class Eza2500Twin:
         return {f.name: _raw_of(f, float(getattr(self.model, f.name, 0.0)))
                 for f in command.fields}
 
+    def _for_me(self, frame: eza.Frame) -> bool:
+        return (frame.ad1, frame.ad2) == (self.address.ad1, self.address.ad2)
+
     def answer(self, frame: eza.Frame) -> bytes | None:
         """The reply to one request frame; None (silence) for a frame addressed to another
         converter on the line, as a real one on a shared RS485 bus."""
-        if (frame.ad1, frame.ad2) != (self.address.ad1, self.address.ad2):
+        if not self._for_me(frame):
             self.ignored += 1
             return None
         command = eza.COMMANDS_BY_CMD.get(frame.cmd)
@@ -253,7 +274,11 @@ class Eza2500Twin:
         elif fault == WRONG_CMD:
             body = reply[2:4] + bytes([reply[4] ^ 0x40]) + reply[5:-2]
             reply = reply[:2] + body + struct.pack("<H", eza.checksum(body))
-        return reply
+        elif fault == WRONG_ADDRESS:
+            body = bytes([(reply[2] + 1) & 0xFF]) + reply[3:-2]
+            reply = reply[:2] + body + struct.pack("<H", eza.checksum(body))
+        corrupt = self.corruptions.popleft() if self.corruptions else None
+        return reply if corrupt is None else corrupt(reply)
 
     def _write(self, command: eza.Command, frame: eza.Frame) -> bytes:
         try:
@@ -269,7 +294,7 @@ class Eza2500Twin:
             ):
                 self.refused_values.append(f"{f.name} = {v}")
                 return eza.encode_nak(frame.cmd, eza.ERCD_BAD_PARAMETER, self.address)
-        if command is eza.MODE and raw["mode"] not in _ACCEPTED_MODES:
+        if command is eza.MODE and raw["mode"] not in eza.MODE_CODES:
             self.refused_values.append(f"mode = 0x{raw['mode']:04x}")
             return eza.encode_nak(frame.cmd, eza.ERCD_BAD_PARAMETER, self.address)
         if command is not eza.ALARMS:
@@ -280,9 +305,15 @@ class Eza2500Twin:
         return eza.encode_ack(command, raw, self.address, write=True)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
         scanner = eza.request_scanner()
+        self.last_heard = loop.time()
         while True:
-            chunk = await reader.read(256)
+            try:
+                chunk = await asyncio.wait_for(reader.read(256), self._wait_s(loop.time()))
+            except TimeoutError:
+                self._check_watchdog(loop.time())
+                continue
             if not chunk:
                 return
             scanner.feed(chunk)
@@ -293,7 +324,27 @@ class Eza2500Twin:
                     continue  # a corrupted request gets no answer
                 if frame is None:
                     break
+                if self._for_me(frame):
+                    self.last_heard = loop.time()
                 reply = self.answer(frame)
                 if reply is not None:
                     writer.write(reply)
                     await writer.drain()
+            self._check_watchdog(loop.time())
+
+    def _wait_s(self, now: float) -> float | None:
+        """How long to wait for bytes before looking at the watchdog again (None: forever).
+        At most 1 s: a test may change the model's mode while the line is quiet."""
+        assert self.last_heard is not None
+        deadline = self.watchdog.deadline(self.last_heard)
+        return None if math.isinf(deadline) else min(max(deadline - now, 0.0) + 1e-3, 1.0)
+
+    def _check_watchdog(self, now: float) -> None:
+        assert self.last_heard is not None
+        if int(self.model.mode) != ConverterMode.WAITING and self.watchdog.expired(
+            self.last_heard, now
+        ):
+            log.warning("converter twin %s: no communication for %.1f s, back to Waiting "
+                        "(was 0x%04x)", self.address, now - self.last_heard, int(self.model.mode))
+            self.model.mode = ConverterMode.WAITING
+            self.watchdog_stops += 1

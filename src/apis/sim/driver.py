@@ -133,6 +133,7 @@ class SimDriver:
 
     async def read(self) -> UnitData:
         self.stepper.sync_for_read()
+        self.world.heard(self.unit_id)  # a read resets the converter's watchdog
         return self.world.unit_data(self.unit_id)
 
     async def read_converter(self) -> ConverterData:

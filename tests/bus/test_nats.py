@@ -297,3 +297,35 @@ async def test_a_bucket_made_without_direct_gets_is_listed_without_consumers() -
             assert (await js.stream_info(f"KV_{bucket}")).config.allow_direct
         finally:
             await bus.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_bucket_that_cannot_get_direct_gets_is_listed_by_a_consumer_deleted_after() -> (
+    None
+):
+    # A unit may not change a stream (permissions): its listings of an old bucket then use
+    # an ordered consumer each, deleted at once instead of lingering for minutes.
+    users = """authorization {
+      users: [
+        {user: admin, password: a}
+        {user: unit, password: u, permissions: {publish: {deny: ["$JS.API.STREAM.UPDATE.>"]}}}
+      ]
+    }"""
+    async with NatsCluster(1, extra_config=users) as server:
+        admin = await NatsBus.connect(server.urls, name="admin", user="admin", password="a")
+        unit = await NatsBus.connect(
+            server.urls, name="E001", user="unit", password="u", kv_timeout=1.0
+        )
+        try:
+            bucket = unique("old")
+            old = await admin.client.jetstream().create_key_value(bucket=bucket, history=1)
+            await old.put("a", b'"x"')
+            await old.put("b", b'"y"')
+            await old.delete("a")
+            kv = await unit.kv(bucket)
+            for _ in range(10):
+                assert await kv.keys() == ["b"]
+            assert await _consumers(server) == 0
+        finally:
+            await unit.close()
+            await admin.close()

@@ -329,3 +329,23 @@ async def test_a_bucket_that_cannot_get_direct_gets_is_listed_by_a_consumer_dele
         finally:
             await unit.close()
             await admin.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_listing_longer_than_a_page() -> None:
+    async with NatsCluster(1) as server:
+        bus = await NatsBus.connect(server.urls, name="E001")
+        try:
+            kv = await bus.kv(unique("many"))
+            count = 1500  # more than a page of direct gets (LIST_PAGE)
+            writes = [kv.put(f"k{i:05d}", i) for i in range(count)]
+            revisions = await asyncio.gather(*writes)
+            for i in range(0, count, 7):
+                await kv.delete(f"k{i:05d}")
+            listed = await kv.revisions()
+            assert listed == {
+                f"k{i:05d}": revisions[i] for i in range(count) if i % 7
+            }
+            assert await _consumers(server) == 0
+        finally:
+            await bus.close()

@@ -454,6 +454,7 @@ class NatsBus:
         token = self._nuid.next().decode()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._gathering[token] = queue
+        began = asyncio.get_running_loop().time()
         try:
             await self._nc.publish(subject, request, reply=self._gather_prefix + token)
             replies = []
@@ -464,6 +465,9 @@ class NatsBus:
                     headers = msg.headers or {}
                     if _STATUS in headers and _SEQUENCE not in headers:
                         return replies
+        except TimeoutError:
+            self._check_refused(subject, began)  # not ours to read: no retry
+            raise
         finally:
             del self._gathering[token]
 

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from apis.bus.base import BusError, KeyValue, RevisionMismatch
@@ -212,3 +213,139 @@ async def test_close_after_the_servers_are_gone_returns_quietly(
     await asyncio.sleep(0.5)
     await asyncio.wait_for(bus.close(), 10)
     await bus.close()  # a second close is a no-op
+
+
+# ---- JetStream consumers: a listing makes none, a stopped watcher leaves none -------------
+
+
+async def _consumers(cluster: NatsCluster) -> int:
+    """JetStream consumers on the servers (each server's /jsz counts those it hosts)."""
+    total = 0
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        for server in cluster.servers:
+            url = f"http://127.0.0.1:{server.monitor_port}/jsz"
+            total += int((await client.get(url, params={"consumers": "true"})).json()["consumers"])
+    return total
+
+
+@pytest.mark.timeout(60)
+async def test_listings_and_stopped_watchers_leave_no_consumers() -> None:
+    # Each listing used to leave an ordered consumer behind for five minutes: four units
+    # listing every second reached the server's consumer limit within minutes.
+    async with NatsCluster(1) as server:
+        bus = await NatsBus.connect(server.urls, name="E001")
+        try:
+            kv = await bus.kv(unique("deals"))
+            for i in range(5):
+                await kv.put(f"d.{i}", {"i": i})
+            await kv.delete("d.2")
+            revision = await kv.put("e.0", "other")
+            for _ in range(40):
+                assert await kv.keys() == ["d.0", "d.1", "d.3", "d.4", "e.0"]
+                assert list(await kv.revisions("d.")) == ["d.0", "d.1", "d.3", "d.4"]
+                assert (await kv.revisions("e"))["e.0"] == revision
+            assert await _consumers(server) == 0
+
+            changes = kv.watch("d.")
+            first = await anext(changes)
+            assert first.key == "d.0"
+            assert await _consumers(server) == 1
+            await changes.aclose()  # type: ignore[attr-defined]
+            assert await _consumers(server) == 0  # deleted, not left to age out
+        finally:
+            await bus.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_listing_on_a_cluster_has_what_another_server_just_acknowledged() -> None:
+    # Listings are answered by any current replica; one that lags the leader is not used.
+    async with NatsCluster(3) as cluster:
+        urls = cluster.urls
+        writer = await NatsBus.connect(urls[0], name="E001")
+        reader = await NatsBus.connect(urls[2], name="E002")
+        try:
+            bucket = unique("deals")
+            wkv, rkv = await writer.kv(bucket), await reader.kv(bucket)
+            for i in range(30):
+                revision = await wkv.create(f"d{i:02d}", {"i": i})
+                assert (await rkv.revisions()).get(f"d{i:02d}") == revision, i
+                if i % 3 == 0:
+                    await wkv.delete(f"d{i:02d}")
+                    assert f"d{i:02d}" not in await rkv.keys(), i
+            assert await rkv.keys() == [f"d{i:02d}" for i in range(30) if i % 3]
+            assert await _consumers(cluster) == 0
+        finally:
+            await writer.close()
+            await reader.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_bucket_made_without_direct_gets_is_listed_without_consumers() -> None:
+    # A bucket made by an older version (or another tool) gets direct gets allowed.
+    async with NatsCluster(1) as server:
+        bus = await NatsBus.connect(server.urls, name="E001")
+        try:
+            bucket = unique("old")
+            js = bus.client.jetstream()
+            old = await js.create_key_value(bucket=bucket, history=1)
+            await old.put("a", b'"x"')
+            await old.put("b", b'"y"')
+            await old.delete("a")
+            kv = await bus.kv(bucket)
+            assert await kv.keys() == ["b"]
+            assert await _consumers(server) == 0
+            assert (await js.stream_info(f"KV_{bucket}")).config.allow_direct
+        finally:
+            await bus.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_bucket_that_cannot_get_direct_gets_is_listed_by_a_consumer_deleted_after() -> (
+    None
+):
+    # A unit may not change a stream (permissions): its listings of an old bucket then use
+    # an ordered consumer each, deleted at once instead of lingering for minutes.
+    users = """authorization {
+      users: [
+        {user: admin, password: a}
+        {user: unit, password: u, permissions: {publish: {deny: ["$JS.API.STREAM.UPDATE.>"]}}}
+      ]
+    }"""
+    async with NatsCluster(1, extra_config=users) as server:
+        admin = await NatsBus.connect(server.urls, name="admin", user="admin", password="a")
+        unit = await NatsBus.connect(
+            server.urls, name="E001", user="unit", password="u", kv_timeout=1.0
+        )
+        try:
+            bucket = unique("old")
+            old = await admin.client.jetstream().create_key_value(bucket=bucket, history=1)
+            await old.put("a", b'"x"')
+            await old.put("b", b'"y"')
+            await old.delete("a")
+            kv = await unit.kv(bucket)
+            for _ in range(10):
+                assert await kv.keys() == ["b"]
+            assert await _consumers(server) == 0
+        finally:
+            await unit.close()
+            await admin.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_listing_longer_than_a_page() -> None:
+    async with NatsCluster(1) as server:
+        bus = await NatsBus.connect(server.urls, name="E001")
+        try:
+            kv = await bus.kv(unique("many"))
+            count = 1500  # more than a page of direct gets (LIST_PAGE)
+            writes = [kv.put(f"k{i:05d}", i) for i in range(count)]
+            revisions = await asyncio.gather(*writes)
+            for i in range(0, count, 7):
+                await kv.delete(f"k{i:05d}")
+            listed = await kv.revisions()
+            assert listed == {
+                f"k{i:05d}": revisions[i] for i in range(count) if i % 7
+            }
+            assert await _consumers(server) == 0
+        finally:
+            await bus.close()

@@ -11,6 +11,17 @@ Key-value: a bucket is a JetStream KV bucket (history 1, `replicas` copies, ``ma
 `ttl`, with server-placed delete markers so that watchers see expiry). The revision is the
 stream sequence. Writes are compare-and-set through ``Nats-Expected-Last-Subject-Sequence``.
 
+Listings (`keys`, `revisions`) make no JetStream consumer: they read the bucket's stream with
+batched direct gets (one request, answered by any current replica, a page of messages each;
+``allow_direct`` is set on every bucket opened). On a replicated bucket a follower may lag,
+so the listing first asks the stream leader for its newest message and takes the answer only
+from a replica that has it: what was written before the listing began is in it. Watchers
+are ordered consumers; a stopped watcher's consumer is deleted at once, and one left behind
+(a process killed, an ordered consumer replaced after a gap) is removed by the server after
+`WATCH_INACTIVE_S` without interest. A unit therefore holds a few consumers (one per watch)
+however long it runs; every listing used to leave one behind for five minutes, and four units
+with 1 s periods reached the server's consumer limit after three minutes.
+
 Failover: the client reconnects forever. A key-value operation that times out (or finds no
 stream leader) during a server failover is retried a bounded number of times:
 
@@ -79,6 +90,16 @@ _DELETE_OPERATIONS = ("DEL", "PURGE")
 _VIOLATION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 NO_RESPONDERS_PAUSE_S = 0.05  # before the one second try of a request nobody answered
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream error codes of a failed compare-and-set
+WATCH_INACTIVE_S = 30.0  # a watcher's consumer without interest is removed by the server
+CONSUMER_DELETE_TIMEOUT_S = 1.0  # deleting a stopped watcher's consumer (else it ages out)
+LIST_PAGE = 1024  # messages per batched direct get of a listing
+LIST_FRESH_ATTEMPTS = 6  # replicas asked for a listing that has the leader's last write
+_DIRECT_GET = "$JS.API.DIRECT.GET."
+_STATUS = "Status"
+_SEQUENCE = "Nats-Sequence"
+_SUBJECT = "Nats-Subject"
+_NUM_PENDING = "Nats-Num-Pending"
+_LAST_SEQUENCE = "Nats-Last-Sequence"
 
 # Errors after which the outcome is unknown and the server may be failing over.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -168,6 +189,11 @@ class NatsBus:
         # subject -> loop time the server last refused our publishing on it (filled by the
         # connection's error callback)
         self._refused: dict[str, float] = refused if refused is not None else {}
+        # One inbox subscription for every multi-message reply (batched direct gets).
+        self._gather_sub: _NatsSub | None = None
+        self._gather_prefix = ""
+        self._gather_lock = asyncio.Lock()
+        self._gathering: dict[str, asyncio.Queue[Msg]] = {}
 
     @classmethod
     async def connect(
@@ -411,6 +437,40 @@ class NatsBus:
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 
+    async def _gather(self, subject: str, request: bytes) -> list[Msg]:
+        """Send `request` to `subject` and collect the replies up to the closing status
+        message (a batched direct get answers with a message per entry, then one with a
+        ``Status`` header); that one is last in the list."""
+        async with self._gather_lock:
+            if self._gather_sub is None:
+                self._gather_prefix = self._nc.new_inbox() + "."
+
+                async def deliver(msg: Msg) -> None:
+                    queue = self._gathering.get(msg.subject[len(self._gather_prefix):])
+                    if queue is not None:
+                        queue.put_nowait(msg)
+
+                self._gather_sub = await self._nc.subscribe(self._gather_prefix + "*", cb=deliver)
+        token = self._nuid.next().decode()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._gathering[token] = queue
+        began = asyncio.get_running_loop().time()
+        try:
+            await self._nc.publish(subject, request, reply=self._gather_prefix + token)
+            replies = []
+            async with asyncio.timeout(self.kv_timeout):
+                while True:
+                    msg = await queue.get()
+                    replies.append(msg)
+                    headers = msg.headers or {}
+                    if _STATUS in headers and _SEQUENCE not in headers:
+                        return replies
+        except TimeoutError:
+            self._check_refused(subject, began)  # not ours to read: no retry
+            raise
+        finally:
+            del self._gathering[token]
+
     def _cluster_size(self) -> int:
         info = self._nc._server_info  # the INFO the server sent: other servers' client URLs
         own = (
@@ -429,20 +489,22 @@ class NatsBus:
         stream = f"KV_{bucket}"
         replicas = self._replicas or min(3, self._cluster_size())
 
-        async def open_bucket() -> _NatsKV:
+        async def open_bucket() -> tuple[_NatsKV, bool, int]:
             try:
                 info = await self._js.stream_info(stream)
             except nats.js.errors.NotFoundError:
                 try:
-                    return await self._js.create_key_value(
+                    handle = await self._js.create_key_value(
                         bucket=bucket,
                         history=1,
                         ttl=ttl,
                         replicas=replicas,
+                        direct=True,  # listings read it without a consumer
                         # the server marks expiry by max_age with a delete marker (kept
                         # this long), so watchers see it
                         limit_marker_ttl=max(1.0, ttl) if ttl is not None else None,
                     )
+                    return handle, True, replicas
                 except nats.js.errors.BadRequestError:
                     info = await self._js.stream_info(stream)  # created meanwhile, differently
             existing = info.config.max_age or None
@@ -450,18 +512,34 @@ class NatsBus:
                 existing is not None and ttl is not None and abs(existing - ttl) > 1e-6
             ):
                 raise BusError(f"bucket {bucket!r} exists with ttl = {existing} (asked for {ttl})")
-            return await self._js.key_value(bucket)
+            direct = bool(info.config.allow_direct)
+            if not direct:  # made by an older version or another tool
+                info.config.allow_direct = True
+                try:  # once: a refused publish (permissions) shows only as a timeout
+                    await self._js.update_stream(info.config)
+                    direct = True
+                except (nats.errors.Error, TimeoutError) as exc:
+                    log.warning(
+                        "%s: bucket %s: cannot allow direct gets (%r); its listings use "
+                        "consumers (deleted after each)", self.name, bucket, exc,
+                    )
+            return await self._js.key_value(bucket), direct, info.config.num_replicas or 1
 
-        handle = await self._retry(f"open bucket {bucket}", open_bucket)
-        return NatsKeyValue(self, handle, bucket)
+        handle, direct, stream_replicas = await self._retry(f"open bucket {bucket}", open_bucket)
+        return NatsKeyValue(self, handle, bucket, direct=direct, replicas=stream_replicas)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         for watcher in list(self._watchers):
-            await _stop(watcher)
+            await _stop(self._js, watcher)
         self._watchers.clear()
+        if self._gather_sub is not None:
+            try:
+                await self._gather_sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("%s: unsubscribing the gather inbox: %r", self.name, exc)
         current = asyncio.current_task()
         await cancel_and_wait(task for task in self._tasks if task is not current)
         try:
@@ -472,28 +550,52 @@ class NatsBus:
             log.debug("%s: closing: %r", self.name, exc)
 
 
-async def _stop(watcher: _NatsKV.KeyWatcher) -> None:
+async def _stop(js: JetStreamContext, watcher: _NatsKV.KeyWatcher) -> None:
+    """Unsubscribe, then delete the watcher's consumer (nats-py leaves it to the server,
+    which would keep it until its inactivity threshold)."""
+    sub = watcher._sub
     try:
         await watcher.stop()  # type: ignore[no-untyped-call]
     except (nats.errors.Error, AttributeError) as exc:  # AttributeError: never subscribed
         log.debug("stopping a watcher: %r", exc)
+    stream = getattr(sub, "_stream", None)
+    consumer = getattr(sub, "_consumer", None)  # the present one: an ordered reset renames it
+    if not isinstance(stream, str) or not isinstance(consumer, str) or not js._nc.is_connected:
+        return  # the server removes it after WATCH_INACTIVE_S
+    try:
+        await asyncio.wait_for(js.delete_consumer(stream, consumer), CONSUMER_DELETE_TIMEOUT_S)
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.debug("deleting consumer %s of %s: %r", consumer, stream, exc)
 
 
 def _deleted(msg: RawStreamMsg) -> bool:
-    headers = msg.headers or {}
+    return _marks_deleted(msg.headers or {})
+
+
+def _marks_deleted(headers: Mapping[str, str]) -> bool:
     return headers.get(_KV_OPERATION) in _DELETE_OPERATIONS or _MARKER_REASON in headers
+
+
+def _subject_filter(prefix: str) -> str:
+    """The server-side filter for keys under `prefix`: its whole tokens, then ``>``."""
+    cut = prefix.rfind(".")
+    return prefix[: cut + 1] + ">" if cut >= 0 else ">"
 
 
 class NatsKeyValue:
     """A JetStream key-value bucket; implements the `KeyValue` protocol."""
 
-    def __init__(self, bus: NatsBus, handle: _NatsKV, bucket: str) -> None:
+    def __init__(
+        self, bus: NatsBus, handle: _NatsKV, bucket: str, *, direct: bool, replicas: int
+    ) -> None:
         self._bus = bus
         self._js = bus._js
         self._handle = handle
         self.bucket = bucket
         self._stream = f"KV_{bucket}"
         self._prefix = f"$KV.{bucket}."
+        self._direct = direct  # listings by batched direct gets (else by a consumer)
+        self._replicas = replicas  # > 1: a direct get may come from a lagging follower
 
     async def _latest(self, key: str) -> RawStreamMsg | None:
         """The key's last message (a value or a delete marker), read from the stream leader."""
@@ -609,41 +711,97 @@ class NatsKeyValue:
             ) from None
 
     async def keys(self, prefix: str = "") -> list[str]:
-        self._bus._check_open()
-
-        async def list_keys() -> list[str]:
-            try:
-                found: list[str] = await self._handle.keys()
-            except nats.js.errors.NoKeysError:
-                return []
-            return found
-
-        found = await self._bus._retry(f"keys of {self.bucket}", list_keys)
-        return sorted(key for key in found if key.startswith(prefix))
+        return list(await self.revisions(prefix))
 
     async def revisions(self, prefix: str = "") -> dict[str, int]:
         self._bus._check_open()
-        cut = prefix.rfind(".")
-        subject_filter = prefix[: cut + 1] + ">" if cut >= 0 else ">"
-
-        async def list_revisions() -> dict[str, int]:
-            # The last message of each key, without its value (as `keys` lists them).
-            watcher = await self._handle.watch(subject_filter, meta_only=True)
-            found: dict[str, int] = {}
-            try:
-                async for update in watcher:
-                    if update is None:  # every key's latest has been delivered
-                        break
-                    if update.operation in _DELETE_OPERATIONS:
-                        found.pop(update.key, None)
-                    else:
-                        found[update.key] = update.revision or 0
-            finally:
-                await _stop(watcher)
-            return found
-
-        found = await self._bus._retry(f"revisions of {self.bucket}", list_revisions)
+        found = await self._bus._retry(f"list {self.bucket}", lambda: self._list(prefix))
         return {key: found[key] for key in sorted(found) if key.startswith(prefix)}
+
+    async def _list(self, prefix: str) -> dict[str, int]:
+        """The latest revision of every live key (some outside `prefix` too)."""
+        if not self._direct:
+            return await self._list_by_consumer(_subject_filter(prefix))
+        if self._replicas <= 1:  # the only replica answers: the leader
+            return (await self._scan())[0]
+        try:  # the newest message, from the leader: a fresh replica has it too
+            newest = await self._js.get_msg(self._stream, subject=self._prefix + ">")
+        except nats.js.errors.NotFoundError:
+            return {}  # nothing in the bucket
+        wanted = newest.seq or 0
+        delay = 0.01
+        for _ in range(LIST_FRESH_ATTEMPTS):
+            found, last = await self._scan()
+            if last >= wanted:
+                return found
+            await asyncio.sleep(delay)  # a follower behind: it catches up, or another answers
+            delay *= 2
+        log.info("%s: listing %s: replicas behind the leader's %d; by a consumer",
+                 self._bus.name, self.bucket, wanted)
+        return await self._list_by_consumer(_subject_filter(prefix))
+
+    async def _scan(self) -> tuple[dict[str, int], int]:
+        """Every live key with its revision, and the highest sequence seen, read page by page
+        with batched direct gets over the whole bucket (its last message, the write that
+        made the highest sequence, is then in the answer of a replica that has it).
+
+        The stream holds each key's latest message (history 1) in sequence order; a key
+        rewritten meanwhile moves on to a later page, so none is missed. With more history
+        the latest message of a key is the one with the highest sequence.
+        """
+        live: dict[str, int] = {}
+        gone: dict[str, int] = {}
+        start, last = 1, 0
+        subject = _DIRECT_GET + self._stream
+        while True:
+            request = {"seq": start, "next_by_subj": self._prefix + ">", "batch": LIST_PAGE}
+            *entries, end = await self._bus._gather(subject, json.dumps(request).encode())
+            status = (end.headers or {}).get(_STATUS)
+            if status == "404":  # nothing (more) from `start` on
+                break
+            if status == "503":
+                raise nats.errors.NoRespondersError  # no current replica right now
+            if status != "204":
+                raise BusError(
+                    f"{self._bus.name}: listing {self.bucket}: direct get answered {status} "
+                    f"{(end.headers or {}).get('Description', '')}"
+                )
+            for msg in entries:
+                headers = msg.headers or {}
+                key = headers[_SUBJECT][len(self._prefix):]
+                seq = int(headers[_SEQUENCE])
+                last = max(last, seq)
+                if seq < max(live.get(key, 0), gone.get(key, 0)):
+                    continue
+                if _marks_deleted(headers):
+                    live.pop(key, None)
+                    gone[key] = seq
+                else:
+                    gone.pop(key, None)
+                    live[key] = seq
+            end_headers = end.headers or {}
+            if int(end_headers.get(_NUM_PENDING, "0")) == 0:
+                break
+            start = int(end_headers.get(_LAST_SEQUENCE, str(last))) + 1
+        return live, last
+
+    async def _list_by_consumer(self, subject_filter: str) -> dict[str, int]:
+        """The listing through an ordered consumer (headers only), deleted afterwards."""
+        watcher = await self._handle.watch(
+            subject_filter, meta_only=True, inactive_threshold=WATCH_INACTIVE_S
+        )
+        found: dict[str, int] = {}
+        try:
+            async for update in watcher:
+                if update is None:  # every key's latest has been delivered
+                    break
+                if update.operation in _DELETE_OPERATIONS:
+                    found.pop(update.key, None)
+                else:
+                    found[update.key] = update.revision or 0
+        finally:
+            await _stop(self._js, watcher)
+        return found
 
     def watch(self, prefix: str = "", *, gone_only: bool = False) -> AsyncIterator[Change]:
         """Current entries under `prefix` (oldest revision first), then every change.
@@ -658,12 +816,13 @@ class NatsKeyValue:
 
     async def _changes(self, prefix: str, gone_only: bool) -> AsyncIterator[Change]:
         # Filter on the server by whole tokens, then by the exact prefix here.
-        cut = prefix.rfind(".")
-        subject_filter = prefix[: cut + 1] + ">" if cut >= 0 else ">"
+        subject_filter = _subject_filter(prefix)
         watcher = await self._bus._retry(
             f"watch {self.bucket}",
             # gone_only needs no values: headers only (the operation is in a header)
-            lambda: self._handle.watch(subject_filter, meta_only=gone_only),
+            lambda: self._handle.watch(
+                subject_filter, meta_only=gone_only, inactive_threshold=WATCH_INACTIVE_S
+            ),
         )
         self._bus._watchers.add(watcher)
         initial = True
@@ -683,4 +842,4 @@ class NatsKeyValue:
         finally:
             if watcher in self._bus._watchers:
                 self._bus._watchers.discard(watcher)
-                await _stop(watcher)
+                await _stop(self._js, watcher)

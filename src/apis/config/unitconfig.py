@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from apis.config.base import ConfigModel
+from apis.loglevels import python_level
 
 SystemType = Literal["dcdc_emulator", "dcdc_v1", "dcdc_v2"]
 
@@ -93,6 +94,38 @@ class BusConfig(ConfigModel):
         return self
 
 
+class ActionLogMulticast(ConfigModel):
+    """UDP multicast of the action log lines, for the original apis-log (one datagram a line)."""
+
+    group: str
+    port: int = Field(ge=1, le=65535)
+    interface: str | None = None  # an IPv4 address of this board (default: the system's)
+    ttl: int = Field(1, ge=1, le=255)
+
+
+class ActionLog(ConfigModel):
+    """Ours: the unit's action log in the original apis-main line format.
+
+    `directory` (relative to config.json) gets `<unitId>.log` (every line) and `<unitId>.err`
+    (WARNING and up), each rotated at `maxBytes` keeping `backupCount` old files. Lines at
+    `publishLevel` and up (java.util.logging or Python names) go on the bus, and with
+    `multicast` as UDP datagrams; `apis.multicastLogHandlerLevel` changes that level at run
+    time for the whole cluster (an empty value returns to this one).
+    """
+
+    directory: str | None = None
+    max_bytes: int = Field(10_000_000, ge=1)
+    backup_count: int = Field(10, ge=0)
+    publish: bool = True
+    publish_level: str = "INFO"
+    multicast: ActionLogMulticast | None = None
+
+    @model_validator(mode="after")
+    def _known_level(self) -> ActionLog:
+        python_level(self.publish_level)  # ValueError names the value and the known levels
+        return self
+
+
 class UnitConfig(ConfigModel):
     program_id: str = "apis-main"
     community_id: str = "NA"
@@ -114,6 +147,7 @@ class UnitConfig(ConfigModel):
     watchdog: Watchdog = Watchdog()
     battery_capacity_management: BatteryCapacityManagement = BatteryCapacityManagement()
     bus: BusConfig | None = None  # ours: the NATS servers (None: the in-memory bus or defaults)
+    action_log: ActionLog | None = None  # ours: log files, bus and multicast of the log lines
 
     @model_validator(mode="before")
     @classmethod

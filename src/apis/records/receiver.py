@@ -224,6 +224,10 @@ class Receiver:
             log.error("records: %s #%d on %s refused: %s", stream.name, delivery.seq,
                       delivery.subject[:120], exc)
             return reject(delivery, stream.origin, str(exc))
+        except Exception as exc:  # a fault of ours: the message is kept all the same
+            log.exception("records: %s #%d on %s not understood", stream.name, delivery.seq,
+                          delivery.subject[:120])
+            return reject(delivery, stream.origin, f"receiver fault: {exc!r}"[:500])
 
     async def _log_rows(self, stream: RecordStream, deliveries: list[Delivery]) -> list[Row]:
         rows = [self._row(stream, d, lambda d: log_row(d, stream.origin)) for d in deliveries]

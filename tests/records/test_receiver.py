@@ -280,6 +280,7 @@ async def test_streams_are_made_once_bounded_by_retention_and_retention_is_enfor
     for name in (LOG_STREAM, DEALS_STREAM, UNIT_DATA_STREAM):
         info = await js.stream_info(name)
         assert info.config.max_age == pytest.approx(365 * DAY_S)
+        assert info.config.max_bytes == 256 * 1024 * 1024
         assert [c.name for c in await js.consumers_info(name)] == [CONSUMER]
     assert messages(store) == ["new"]
     store.close()

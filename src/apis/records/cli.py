@@ -69,6 +69,11 @@ def register(app: typer.Typer) -> None:
                          help="TABLE=DAYS for one table (log_lines, deal_versions, "
                               "unit_data, rejected); repeatable."),
         ] = None,
+        stream_max_mb: Annotated[
+            int, typer.Option("--stream-max-mb",
+                              help="Size of each records stream (records waiting for this "
+                                   "receiver); when full the oldest are dropped.")
+        ] = 256,
         retention_check: Annotated[
             float, typer.Option("--retention-check", hidden=True,
                                 help="Seconds between retention passes.")
@@ -90,6 +95,7 @@ def register(app: typer.Typer) -> None:
                 unit_data_period_s=unit_data_period,
                 retention_days=_retention(retention_days, table_retention or []),
                 retention_check_s=retention_check,
+                stream_max_bytes=stream_max_mb * 1024 * 1024,
             )
         except ValueError as exc:
             typer.echo(f"apis records: {exc}", err=True)

@@ -79,6 +79,7 @@ class Settings:
     retention_days: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TABLES, 365.0))
     retention_check_s: float = 3600.0
     batch: int = 500
+    stream_max_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.unit_data_period_s <= 0:
@@ -88,6 +89,8 @@ class Settings:
                 raise ValueError(f"retention table = {table!r} (one of {', '.join(TABLES)})")
             if not days > 0:
                 raise ValueError(f"retention of {table} = {days} days (must be > 0)")
+        if self.stream_max_bytes < 1024 * 1024:
+            raise ValueError(f"stream size = {self.stream_max_bytes} bytes (at least 1 MB)")
         if not 1 <= self.batch <= 10_000:
             raise ValueError(f"batch = {self.batch} (must be within 1..10000)")
 
@@ -128,7 +131,8 @@ class Receiver:
         await self._load_state()
         replicas = (await self.js.stream_info(REGISTRY_STREAM)).config.num_replicas or 1
         longest = max(self.settings.retention_days.values()) * DAY_S
-        streams = await ensure_streams(self.js, longest, replicas)
+        streams = await ensure_streams(self.js, longest, self.settings.stream_max_bytes,
+                                       replicas)
         sampler = Sampler(self.bus, self.js, self.settings.unit_data_period_s,
                           lambda: self.units, self._on_sample)
         log.info("records: receiving into %s (unit data every %g s)", self.store.description,

@@ -15,8 +15,12 @@ while the receiver is down or restarting waits there:
   sampler publishes (with a message id, so a sample sent twice is stored once).
 
 Each stream is bounded by age (the longest retention: a record older than that would be
-purged from the store anyway). Creating them is idempotent; a changed retention updates
-them. One durable pull consumer (`CONSUMER`) per stream, reused at every start.
+purged from the store anyway) and by size (`apis records --stream-max-mb`, default 256 MB
+each, reserved by JetStream against the servers' max_file_store). When full, the oldest
+records waiting are dropped: a receiver that stays away that long must not fill the
+storage that holds the units' shared state too. Creating the streams is idempotent; a
+changed retention or size updates them. One durable pull consumer (`CONSUMER`) per stream,
+reused at every start.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -59,11 +64,12 @@ class RecordStream:
     origin: str  # name and creation time: the store's key for this stream's sequences
 
 
-def _configs(max_age_s: float, replicas: int) -> list[StreamConfig]:
+def _configs(max_age_s: float, max_bytes: int, replicas: int) -> list[StreamConfig]:
     def stream(name: str, description: str, **options: Any) -> StreamConfig:
         return StreamConfig(
             name=name, description=description, retention=RetentionPolicy.WORK_QUEUE,
-            max_age=max_age_s, storage=StorageType.FILE, num_replicas=replicas, **options,
+            max_age=max_age_s, max_bytes=max_bytes, discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE, num_replicas=replicas, **options,
         )
 
     return [
@@ -88,17 +94,18 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
             f"stream {config.name} exists with retention {info.config.retention} "
             "(the records streams are work queues): delete it or use another account"
         )
-    log.info("records: stream %s updated (max_age %.0f s)", config.name, config.max_age or 0)
+    log.info("records: stream %s updated (max_age %.0f s, max_bytes %d)", config.name,
+             config.max_age or 0, config.max_bytes or -1)
     config.num_replicas = info.config.num_replicas  # replicas are not changed here
     return await js.update_stream(config)
 
 
 async def ensure_streams(
-    js: JetStreamContext, max_age_s: float, replicas: int
+    js: JetStreamContext, max_age_s: float, max_bytes: int, replicas: int
 ) -> dict[str, RecordStream]:
     """Create (or update) the three streams and the consumer on each; by stream name."""
     out = {}
-    for config in _configs(max_age_s, replicas):
+    for config in _configs(max_age_s, max_bytes, replicas):
         info = await _ensure(js, config)
         created = info.created.isoformat() if info.created is not None else "?"
         name = config.name or ""

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.js.errors
@@ -140,6 +141,37 @@ async def test_bad_messages_are_kept_as_rejected_and_the_receiver_goes_on(
     ]), reasons
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("battery.rsoc = 'full'" in m for m in logged), logged
+
+
+async def test_lines_of_a_unit_never_sampled_are_kept_and_said_to_be_unknown(
+    nats_server: NatsCluster, nc: nats.NATS, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "apis.records")
+
+    async def data_all(msg: Any) -> None:  # a Grid Master that knows E001 only
+        answer = {"E001": {"oesunit": {"id": "E001", "communityId": "c", "clusterId": "k"},
+                           "battery": {"rsoc": 50.0}}}
+        await nc.publish(msg.reply, json.dumps(answer).encode())
+
+    sub = await nc.subscribe("apis.GridMaster.data.all", cb=data_all)
+    path = str(tmp_path / "r.sqlite")
+    try:
+        async with receiving(Settings(nats_server.urls, path, unit_data_period_s=0.5), nc):
+            store = open_store(path)
+            try:
+                await wait_rows(store, "SELECT COUNT(*) FROM unit_data", 1)
+                await publish_lines(nc, "E777", ["who am I", "still me"])
+                await publish_lines(nc, "E001", ["known"])
+                await wait_rows(store, "SELECT COUNT(*) FROM log_lines", 3)
+                units = store.query("SELECT unit_id FROM log_lines ORDER BY seq")
+            finally:
+                store.close()
+    finally:
+        await sub.unsubscribe()
+    assert units == [("E777",), ("E777",), ("E001",)]
+    said = [r.getMessage() for r in caplog.records if "never sampled" in r.getMessage()]
+    assert said == ["records: lines from E777, a unit whose data was never sampled "
+                    "(not among E001): kept"], said
 
 
 @contextlib.contextmanager

@@ -105,7 +105,9 @@ class Receiver:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="records-store")
         self.homes: dict[str, tuple[str | None, str | None]] = {}
         self._asked: dict[str, float] = {}  # unit id -> when its home was last asked for
-        self.units: set[str] = set()
+        self.units: set[str] = set()  # every unit heard of: the sampler asks them
+        self.listed: set[str] = set()  # units whose data was sampled (the cluster's)
+        self._unlisted: set[str] = set()  # units said to be unknown once already
         self.committed: dict[str, int] = {}
         self._last_revision: int | None = None
 
@@ -124,6 +126,7 @@ class Receiver:
         for unit_id, community, cluster in rows:
             self.homes[str(unit_id)] = (community, cluster)
         self.units.update(self.homes)
+        self.listed.update(self.homes)
         last = await self._in_store(self.store.query, "SELECT MAX(revision) FROM deal_versions")
         self._last_revision = int(last[0][0]) if last and last[0][0] is not None else None
 
@@ -235,7 +238,14 @@ class Receiver:
 
     async def _log_rows(self, stream: RecordStream, deliveries: list[Delivery]) -> list[Row]:
         rows = [self._row(stream, d, lambda d: log_row(d, stream.origin)) for d in deliveries]
-        self.units.update(row.unit_id for row in rows if isinstance(row, LogRow))
+        for row in rows:
+            if isinstance(row, LogRow):
+                self.units.add(row.unit_id)
+                if self.listed and row.unit_id not in self.listed | self._unlisted:
+                    self._unlisted.add(row.unit_id)
+                    log.warning("records: lines from %s, a unit whose data was never sampled "
+                                "(not among %s): kept", row.unit_id, ", ".join(
+                                    sorted(self.listed)[:20]))
         return rows
 
     async def _unit_data_rows(self, stream: RecordStream,
@@ -286,6 +296,7 @@ class Receiver:
 
     def _on_sample(self, unit_id: str, data: Mapping[str, Any]) -> None:
         self.units.add(unit_id)
+        self.listed.add(unit_id)
         oesunit = data.get("oesunit")
         if isinstance(oesunit, dict):
             community, cluster = oesunit.get("communityId"), oesunit.get("clusterId")

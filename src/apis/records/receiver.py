@@ -206,7 +206,11 @@ class Receiver:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                return await self._in_store(self.store.write, rows, time.time())
+                added = await self._in_store(self.store.write, rows, time.time())
+                if attempt:
+                    log.info("records: %d records from %s committed after %d failed attempts",
+                             len(rows), stream.name, attempt)
+                return added
             except StoreError as exc:
                 failure = str(exc)
             except Exception as exc:  # a fault of ours: kept and retried all the same

@@ -44,6 +44,7 @@ def _register() -> None:
     demo_cli.register(app)
     web_cli.register(app)
     __import__("apis.process.cli", fromlist=["register"]).register(app)
+    __import__("apis.records.cli", fromlist=["register"]).register(app)
 
 
 _register()

@@ -67,7 +67,10 @@ def test_a_unit_may_sign_only_as_itself_and_not_set_the_mode() -> None:
     assert "apis.operationMode" in web and "$KV.apis_state.operationMode" in web
     assert not any("Controller.control.device" in s or "apis_grid_master." in s for s in web)
     records = permissions(RECORDS, UNITS)["publish"]["allow"]
-    assert not any(s.startswith("$KV.") or s.startswith("apis.") for s in records)
+    assert not any(s.startswith("$KV.") for s in records)
+    # records only asks for unit data and files its own samples; it commands nothing
+    assert {s for s in records if s.startswith("apis.")} == {
+        "apis.records.unitData.*", "apis.GridMaster.data.all", "apis.*.Controller.data"}
     assert authorization_config(UNITS).count('"user": "CN=') == len(UNITS) + 2
 
 

@@ -215,10 +215,22 @@ WEB_PUBLISH = [
     "apis.GridMaster.error.test",
     "apis.Mediator.deals",
     "apis.Mediator.deal.create",
+    "apis.multicastLogHandlerLevel",  # the published level of the units' action log
+]
+
+# The records receiver's streams (apis.records.streams), which it makes and updates itself.
+RECORDS_STREAMS = ("APIS_RECORDS_LOG", "APIS_RECORDS_DEALS", "APIS_RECORDS_UNIT_DATA")
+RECORDS_PUBLISH = [
+    *(f"$JS.API.STREAM.{verb}.{name}" for verb in ("CREATE", "UPDATE")
+      for name in RECORDS_STREAMS),
+    "apis.records.unitData.*",  # its unit data samples, into its own stream
+    "apis.GridMaster.data.all",
+    "apis.*.Controller.data",
 ]
 
 RECORDS_SUBSCRIBE = [
-    signed("apis.Mediator.deal.log", "*"), "apis.error", "apis.*.helo", "apis.GridMaster.helo"
+    signed("apis.Mediator.deal.log", "*"), "apis.error", "apis.*.helo", "apis.GridMaster.helo",
+    "apis.*.log", "apis.records.unitData.*",
 ]
 
 
@@ -235,6 +247,7 @@ def permissions(identity: str, unit_ids: Sequence[str]) -> dict[str, Any]:
     if identity in unit_ids:
         publish = [
             f"apis.{identity}.helo",
+            f"apis.{identity}.log",  # its action log lines (the records receiver keeps them)
             signed("apis.*.Controller.control.device", identity),
             signed("apis.Mediator.deal.log", identity),
             *UNIT_PUBLISH,
@@ -253,7 +266,7 @@ def permissions(identity: str, unit_ids: Sequence[str]) -> dict[str, Any]:
         subscribe = {"allow": ["apis.>", "_INBOX.>"]}
     elif identity == RECORDS:
         # the buckets as the units make them (it may start first): no value is written
-        publish = [*_JS_READ, *_bucket_create(BUCKETS)]
+        publish = [*_JS_READ, *_bucket_create(BUCKETS), *RECORDS_PUBLISH]
         subscribe = {"allow": [*RECORDS_SUBSCRIBE, "_INBOX.>"]}
     else:
         raise SecurityError(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from apis.config.base import ConfigModel, rule
+from apis.loglevels import python_level
 
 SystemType = Literal["dcdc_emulator", "dcdc_v1", "dcdc_v2"]
 
@@ -96,6 +97,39 @@ class BusConfig(ConfigModel):
         return []
 
 
+class ActionLogMulticast(ConfigModel):
+    """UDP multicast of the action log lines, for the original apis-log (one datagram a line)."""
+
+    group: str
+    port: int = Field(ge=1, le=65535)
+    interface: str | None = None  # an IPv4 address of this board (default: the system's)
+    ttl: int = Field(1, ge=1, le=255)
+
+
+class ActionLog(ConfigModel):
+    """Ours: the unit's action log in the original apis-main line format.
+
+    `directory` (relative to config.json) gets `<unitId>.log` (every line) and `<unitId>.err`
+    (WARNING and up), each rotated at `maxBytes` keeping `backupCount` old files. Lines at
+    `publishLevel` and up (java.util.logging or Python names) go on the bus, and with
+    `multicast` as UDP datagrams; `apis.multicastLogHandlerLevel` changes that level at run
+    time for the whole cluster (an empty value returns to this one).
+    """
+
+    directory: str | None = None
+    max_bytes: int = Field(10_000_000, ge=1)
+    backup_count: int = Field(10, ge=0)
+    publish: bool = True
+    publish_level: str = "INFO"
+    multicast: ActionLogMulticast | None = None
+
+    @field_validator("publish_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        python_level(value)  # ValueError names the value and the known levels
+        return value
+
+
 class UnitConfig(ConfigModel):
     program_id: str = "apis-main"
     community_id: str = "NA"
@@ -117,6 +151,7 @@ class UnitConfig(ConfigModel):
     watchdog: Watchdog = Watchdog()
     battery_capacity_management: BatteryCapacityManagement = BatteryCapacityManagement()
     bus: BusConfig | None = None  # ours: the NATS servers (None: the in-memory bus or defaults)
+    action_log: ActionLog | None = None  # ours: log files, bus and multicast of the log lines
 
     @classmethod
     def refused_keys(cls, data: dict[Any, Any]) -> dict[Any, str]:

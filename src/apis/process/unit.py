@@ -17,8 +17,10 @@ from pathlib import Path
 from apis.bus.base import BusError
 from apis.bus.nats import NatsBus
 from apis.config.errors import ConfigError
-from apis.config.loader import load_cluster_files, resolve
+from apis.config.loader import UnitFiles, load_cluster_files, resolve
 from apis.config.unitconfig import BusConfig
+from apis.hardware.driver import DeviceDriver
+from apis.records.unitlog import action_log
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,6 @@ async def connect_bus(bus: BusConfig, base: Path, name: str) -> NatsBus:
 async def run_unit(config_path: Path) -> str:
     """Start the unit of `config_path` and serve until it shuts down; its unit id."""
     from apis.unit.driverfactory import UnsupportedSystemType, driver_from_config
-    from apis.unit.node import StartupFailed, Unit
 
     try:
         # The loader of `apis config check`: the same problems, every one at once.
@@ -78,30 +79,39 @@ async def run_unit(config_path: Path) -> str:
     try:
         bus = await connect_bus(config.bus or BusConfig(), config_path.parent, config.unit_id)
         try:
-            unit = Unit(files, driver=driver, bus=bus)
-            loop = asyncio.get_running_loop()
-            signals = 0
-
-            def on_signal() -> None:
-                nonlocal signals
-                signals += 1
-                if signals == 1 and unit.ready.is_set():
-                    log.warning("%s: stopping (signal again to stop at once)", config.unit_id)
-                    unit.begin_shutdown("process terminated")
-                else:
-                    unit.shutdown()
-
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_signal)
-            try:
-                await unit.run()
-            except StartupFailed as e:
-                raise UnitRefused(str(e)) from None
-            finally:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
+            async with action_log(config, config_path.parent, bus):
+                await _serve(files, driver, bus)
         finally:
             await bus.close()
     finally:
         await driver.aclose()
     return config.unit_id
+
+
+async def _serve(files: UnitFiles, driver: DeviceDriver, bus: NatsBus) -> None:
+    """Run the unit until it has shut down (the first signal: in order; the second: at once)."""
+    from apis.unit.node import StartupFailed, Unit
+
+    config = files.config
+    unit = Unit(files, driver=driver, bus=bus)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1 and unit.ready.is_set():
+            log.warning("%s: stopping (signal again to stop at once)", config.unit_id)
+            unit.begin_shutdown("process terminated")
+        else:
+            unit.shutdown()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await unit.run()
+    except StartupFailed as e:
+        raise UnitRefused(str(e)) from None
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

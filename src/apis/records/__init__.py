@@ -1,0 +1,1 @@
+"""Operations records: the units' action log (files, bus, UDP multicast) and its receivers."""

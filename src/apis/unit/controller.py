@@ -25,6 +25,7 @@ last data shows a heavy alarm or a battery that denies sharing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import random
@@ -50,7 +51,7 @@ from apis.unit.safety import (
     static_checks,
 )
 from apis.unit.state import UnitState
-from apis.unit.vrclaim import ClaimRefused, VoltageReferenceClaim
+from apis.unit.vrclaim import ClaimRefused, VoltageReferenceClaim, new_claim_id
 
 T = TypeVar("T")
 Reporter = Callable[[str, str, str, str], Awaitable[Any]]
@@ -156,6 +157,7 @@ class Controller:
         state: UnitState,
         rng: random.Random,
         report: Reporter | None = None,
+        instance_id: str | None = None,
     ) -> None:
         self.config = config
         self.hw = hw
@@ -179,7 +181,14 @@ class Controller:
         self.commands_executed = 0
         self._report = report
         self._consecutive = Consecutive()
-        self.claim = VoltageReferenceClaim(registry.voltage_reference_kv, self.unit_id)
+        # Claim ids: the unit instance's id (drawn once at start: from the OS on a real unit,
+        # from the seed in a simulation, so a run repeats to the byte) and a count.
+        claims = itertools.count(1)
+        self.claim = VoltageReferenceClaim(
+            registry.voltage_reference_kv, self.unit_id,
+            (lambda: f"{instance_id}.{next(claims)}") if instance_id is not None
+            else new_claim_id,
+        )
         self._entering_cv = 0  # commands between taking the claim and the converter in CV
         # the latest findings (loop time, level, finding), for tests and displays
         self.findings: deque[tuple[float, str, Finding]] = deque(maxlen=HISTORY)

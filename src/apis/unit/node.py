@@ -242,6 +242,7 @@ class Unit:
             state=self.state,
             rng=self.rng,
             report=errors.report,
+            instance_id=self.instance_id,
         )
         self.user = UserService(
             state=self.state,

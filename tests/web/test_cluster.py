@@ -5,7 +5,6 @@ reach the cluster."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -17,18 +16,11 @@ from apis.config.generate import default_cluster_dir
 from apis.demo import emulated_cluster
 from apis.web.app import create_app
 from apis.web.service import Operations
+from tests.web.checks import manual_and_waiting, until
 
 pytestmark = pytest.mark.timeout(600)
 TOKEN = "t"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"{what}: not within {timeout} simulated s"
-        await asyncio.sleep(5.0)
 
 
 def test_history_modes_and_injection_on_a_real_cluster(tmp_path: Path) -> None:
@@ -158,14 +150,8 @@ def test_local_mode_and_manual_control_on_a_real_cluster(tmp_path: Path) -> None
                 assert (await c.put("/api/operation-mode", json={"mode": "manual"},
                                     headers=AUTH)).status_code == 200
 
-                async def all_waiting() -> bool:
-                    units = (await c.get("/api/units")).json()["units"].values()
-                    deals = (await c.get("/api/deals")).json()["deals"]
-                    return not deals and all(
-                        u["dcdc"]["status"]["status"] == "0x0000"
-                        and u["apis"]["operation_mode"]["effective"] == "manual" for u in units)
-
-                await until(all_waiting, 300, "Manual with every converter waiting")
+                await until(lambda: manual_and_waiting(c), 300,
+                            "Manual with every converter waiting")
                 # Let the grid voltage decay: a CV start is refused on a live grid.
                 await asyncio.sleep(60)
                 r = await c.post("/api/units/E001/dcdc", json=cv, headers=AUTH)

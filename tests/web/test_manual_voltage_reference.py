@@ -8,7 +8,6 @@ others get a 409 naming the holder."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -21,19 +20,12 @@ from apis.demo import emulated_cluster
 from apis.hardware.modes import ConverterMode
 from apis.web.app import create_app
 from apis.web.service import Operations
+from tests.web.checks import manual_and_waiting, until
 
 pytestmark = pytest.mark.timeout(600)
 TOKEN = "t"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TRIALS = 20
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"{what}: not within {timeout} simulated s"
-        await asyncio.sleep(1.0)
 
 
 def test_concurrent_manual_voltage_reference_requests_one_wins(tmp_path: Path) -> None:
@@ -57,18 +49,12 @@ def test_concurrent_manual_voltage_reference_requests_one_wins(tmp_path: Path) -
                 async def units_ok() -> bool:
                     return len((await c.get("/api/units")).json()["units"]) == 4
 
-                await until(units_ok, 300, "all four units")
+                await until(units_ok, 300, "all four units", step=1.0)
                 r = await c.put("/api/operation-mode", json={"mode": "manual"}, headers=AUTH)
                 assert r.status_code == 200, r.text
 
-                async def manual_and_waiting() -> bool:
-                    units = (await c.get("/api/units")).json()["units"].values()
-                    deals = (await c.get("/api/deals")).json()["deals"]
-                    return not deals and all(
-                        u["dcdc"]["status"]["status"] == "0x0000"
-                        and u["apis"]["operation_mode"]["effective"] == "manual" for u in units)
-
-                await until(manual_and_waiting, 300, "Manual with every converter waiting")
+                await until(lambda: manual_and_waiting(c), 300,
+                            "Manual with every converter waiting", step=1.0)
                 # Deals found in Manual are scrammed (the voltage reference a few seconds
                 # after the others) and the cluster reset: let that be over.
                 await asyncio.sleep(60)
@@ -79,7 +65,7 @@ def test_concurrent_manual_voltage_reference_requests_one_wins(tmp_path: Path) -
 
                 winners = []
                 for trial in range(TRIALS):
-                    await until(grid_free, 300, f"trial {trial}: grid voltage decayed")
+                    await until(grid_free, 300, f"trial {trial}: grid voltage decayed", step=1.0)
                     units = config.unit_ids if trial % 2 else ["E003", "E004"]
                     body = {"mode": "VOLTAGE_REFERENCE", "gridVoltageV": 350,
                             "gridCurrentA": 2.0}

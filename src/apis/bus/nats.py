@@ -786,22 +786,34 @@ class NatsKeyValue:
         return live, last
 
     async def _list_by_consumer(self, subject_filter: str) -> dict[str, int]:
-        """The listing through an ordered consumer (headers only), deleted afterwards."""
+        """The listing through an ordered consumer (headers only), deleted afterwards.
+
+        nats-py's end-of-initial-values marker (None) is not trusted: it races the consumer's
+        info against the delivery (messages already sent but not yet handed to the callback
+        count neither as pending nor as delivered), so it can come before every entry. The
+        listing ends instead at the entry with nothing pending after it, or at once when the
+        server says it has delivered nothing and has nothing pending.
+        """
         watcher = await self._handle.watch(
             subject_filter, meta_only=True, inactive_threshold=WATCH_INACTIVE_S
         )
         found: dict[str, int] = {}
         try:
-            async for update in watcher:
-                if update is None:  # every key's latest has been delivered
-                    break
+            info = await watcher._sub.consumer_info()
+            if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+                return found  # nothing under the filter
+            while True:
+                update = await watcher.updates(timeout=self._bus.kv_timeout)
+                if update is None:  # the marker above, possibly early
+                    continue
                 if update.operation in _DELETE_OPERATIONS:
                     found.pop(update.key, None)
                 else:
                     found[update.key] = update.revision or 0
+                if update.delta == 0:  # every key's latest has been delivered
+                    return found
         finally:
             await _stop(self._js, watcher)
-        return found
 
     def watch(self, prefix: str = "", *, gone_only: bool = False) -> AsyncIterator[Change]:
         """Current entries under `prefix` (oldest revision first), then every change.

@@ -61,8 +61,8 @@ class PlanParameters:
     voltage reference must first soft-start and be authorised."""
 
     step_s: float = 60.0
-    latency_live_s: float = 5.5
-    latency_dark_s: float = 15.0
+    latency_live_s: float = 5.0
+    latency_dark_s: float = 13.0
 
     def __post_init__(self) -> None:
         if not self.step_s > 0:

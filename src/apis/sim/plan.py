@@ -177,6 +177,9 @@ class _Plan:
         self.vg = np.zeros(n)
         self.step_energy = self.energy
         self.step_remaining = np.zeros(n, dtype=np.int64)
+        self.step_remaining_end = np.zeros(n, dtype=np.int64)
+        self.step_rate = np.zeros(n)
+        self.step_t0 = 0.0
         self.step_offset = np.zeros(n, dtype=np.int64)
         self.tally = DealTally(self.start, self.ids)
         self.units_csv = out / "units.csv" if out is not None else None
@@ -306,9 +309,11 @@ class _Plan:
     def _hms(self, t: float) -> str:
         return (self.start + timedelta(seconds=t)).strftime("%H:%M:%S")
 
-    def _remaining(self, u: int) -> int:
+    def _remaining(self, u: int, t: float) -> int:
+        """Unit u's remaining capacity at t: its battery moves linearly within a step."""
         capacity = float(self.cap[u])
-        rsoc = min(max(100.0 * float(self.step_energy[u]) / capacity, 0.0), 100.0)
+        energy = float(self.step_energy[u]) + float(self.step_rate[u]) * (t - self.step_t0)
+        rsoc = min(max(100.0 * energy / capacity, 0.0), 100.0)
         return int(capacity * rsoc / 100)
 
     def _tick(self, t: float, u: int, t1: float) -> None:
@@ -317,7 +322,7 @@ class _Plan:
         block = self.scenarios[u].block_at(self._hms(t))
         if block is not None and not interlocks_full(int(self.interlocks[u]), int(self.held[u])):
             try:
-                offer = evaluate_request(block, self._remaining(u))
+                offer = evaluate_request(block, self._remaining(u, t))
             except ScenarioEvaluationError:
                 offer = None
             if offer is not None and worth_negotiating(offer["amountWh"], self.rules):
@@ -335,7 +340,8 @@ class _Plan:
                    "dateTime": apis_time(self.start, t)}
         table = self.accd_flat if request["type"] == "charge" else self.accc_flat
         free = self.held < self.interlocks
-        screened = table[self.step_offset + self.step_remaining] > rules.amount_min_wh
+        screened = (table[self.step_offset + self.step_remaining] > rules.amount_min_wh) | (
+            table[self.step_offset + self.step_remaining_end] > rules.amount_min_wh)
         accepts = []
         hms = self._hms(t)
         for v in np.flatnonzero(free & screened).tolist():
@@ -345,7 +351,7 @@ class _Plan:
             if block is None:
                 continue
             try:
-                accept = evaluate_accept(block, self._remaining(v), request, self.ids[v])
+                accept = evaluate_accept(block, self._remaining(v, t), request, self.ids[v])
             except ScenarioEvaluationError:
                 continue
             if accept is None or not worth_negotiating(accept["amountWh"], rules):
@@ -452,14 +458,22 @@ class _Plan:
         if not due.any():
             return
         amin = self.rules.amount_min_wh
-        index = self.step_offset + self.step_remaining
         free = self.held < self.interlocks
-        request = self.req_flat[index] * free
-        charge = request > amin
-        discharge = request < -amin
-        give = self.accd_flat[index] > amin
+        charge = np.zeros(self.n, dtype=bool)
+        discharge = np.zeros(self.n, dtype=bool)
+        give = np.zeros(self.n, dtype=bool)
+        take = np.zeros(self.n, dtype=bool)
+        # the battery at the start and at the end of the step: what it passes through
+        for index in (self.step_offset + self.step_remaining,
+                      self.step_offset + self.step_remaining_end):
+            request = self.req_flat[index]
+            charge |= request > amin
+            discharge |= request < -amin
+            give |= self.accd_flat[index] > amin
+            take |= self.accc_flat[index] > amin
+        charge &= free
+        discharge &= free
         give &= free
-        take = self.accc_flat[index] > amin
         take &= free
         n_give = int(np.count_nonzero(give))
         n_take = int(np.count_nonzero(take))
@@ -565,6 +579,10 @@ class _Plan:
                     self.step_energy = energy
                     # whole Wh (a unit's remaining capacity: int(capacity x rsoc / 100))
                     self.step_remaining = energy.astype(np.int64)
+                    self.step_t0 = t0
+                    self.step_rate = (net_e[j] + self.wb_step) / h
+                    end = np.minimum(np.maximum(energy + net_e[j] + self.wb_step, 0.0), cap)
+                    self.step_remaining_end = end.astype(np.int64)
                     self.step_offset = offsets[j]
                     self._screen(t0, t1)
                     self._events_until(t1)

@@ -22,6 +22,10 @@ sweep.csv, sweep.md and sweep.png. Parameters: units, seed, days, battery (Wh pe
 battery.scale (factor), hwConfig.<key path>, or a policy.json key path such as
 mediator.deal.gridCurrentA. The cases run in parallel processes (--jobs, default one
 per usable CPU); the outputs are the same as one after another (wall-clock figures aside).
+
+--fidelity plan: the planning model instead of the unit software (the same houses,
+batteries, converter and grid models and decision functions, without the control loops):
+a year of 20 units in about a minute. apis sim validate compares the two fidelities.
 """
 
 

@@ -27,7 +27,7 @@ from apis.records.energy import (
 )
 from apis.records.figures import FigureSettings, compute_pass, read_state
 from apis.records.receiver import Settings
-from apis.records.store import DealRow, RecordStore, Row, UnitDataRow, open_store
+from apis.records.store import DealRow, LogRow, RecordStore, Row, UnitDataRow, open_store
 from tests.pgserver import PostgresServer, unavailable
 from tests.records.test_receiver import nats_server, nc, receiving  # noqa: F401 (fixtures)
 
@@ -139,6 +139,8 @@ def records() -> list[Row]:
 def time_of(row: Row) -> float:
     if isinstance(row, UnitDataRow):
         return row.sampled_at
+    if isinstance(row, LogRow):
+        return row.at
     assert isinstance(row, DealRow)
     return row.reported_at
 

@@ -299,6 +299,16 @@ def availability(store: RecordStore, start: float | None, end: float | None,
 # ---- what the store holds ------------------------------------------------------------------
 
 
+def log_units(store: RecordStore) -> list[str]:
+    """The units that have log lines, one index probe each (a loose index scan on
+    ``log_lines_unit``, not a scan of every line)."""
+    rows = store.query(
+        "WITH RECURSIVE u(id) AS (SELECT MIN(unit_id) FROM log_lines UNION ALL "
+        "SELECT (SELECT MIN(unit_id) FROM log_lines WHERE unit_id > u.id) FROM u "
+        "WHERE u.id IS NOT NULL) SELECT id FROM u WHERE id IS NOT NULL")
+    return [str(r[0]) for r in rows]
+
+
 def time_zone(store: RecordStore) -> str:
     """The zone the figures' days are counted in (UTC before the first pass)."""
     rows = store.query("SELECT text FROM figure_state WHERE name = ?", ["time_zone"])
@@ -312,7 +322,7 @@ def status(store: RecordStore) -> dict[str, Any]:
     units = sorted({str(u) for (u,) in store.query("SELECT unit_id FROM unit_spans")} | {
         str(u) for row in store.query(
             "SELECT DISTINCT charge_unit_id, discharge_unit_id FROM deal_summaries")
-        for u in row if u is not None})
+        for u in row if u is not None} | set(log_units(store)))
     (first_line, last_line), = store.query("SELECT MIN(at), MAX(at) FROM log_lines")
     (first_sample, last_sample), = store.query(
         "SELECT MIN(first_sampled_at), MAX(last_sampled_at) FROM unit_spans")

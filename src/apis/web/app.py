@@ -299,6 +299,16 @@ def create_app(
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/logs", include_in_schema=False)
+    async def logs_page() -> FileResponse:
+        """The log viewer (records store: `--records`)."""
+        return FileResponse(STATIC_DIR / "logs.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/history", include_in_schema=False)
+    async def history_page() -> FileResponse:
+        """Daily energy, deals and availability (records store: `--records`)."""
+        return FileResponse(STATIC_DIR / "history.html", headers={"Cache-Control": "no-cache"})
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/docs", include_in_schema=False)

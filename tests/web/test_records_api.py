@@ -239,6 +239,9 @@ async def test_the_same_guard_as_every_route_and_a_store_that_is_not_there(
         finally:
             store.close()
         assert len((await c.get("/api/records/logs")).json()["rows"]) == 3
+    secret = RecordsReader("postgresql://apis:s3cret@127.0.0.1:5/records")
+    assert secret.description == "PostgreSQL postgresql://apis@127.0.0.1:5/records"
+    secret.close()
     reader = open_store(url, read_only=True)
     try:
         with pytest.raises(StoreError, match=r"readonly|read-only|read only"):

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Request
@@ -67,10 +68,13 @@ class RecordsReader:
 
     @property
     def description(self) -> str:
-        if self._store is not None:
-            return self._store.description
-        return "PostgreSQL" if self.url.startswith(("postgresql:", "postgres:")) else (
-            f"SQLite {self.url}")
+        """Which store, without a password (shown on the pages)."""
+        if not self.url.startswith(("postgresql:", "postgres:")):
+            return f"SQLite {self.url.removeprefix('sqlite://')}"
+        parts = urlsplit(self.url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        user = f"{parts.username}@" if parts.username else ""
+        return f"PostgreSQL {parts.scheme}://{user}{host}{parts.path}"
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._store is None:

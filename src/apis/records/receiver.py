@@ -8,8 +8,9 @@ server is told they are in progress) and nothing acknowledged; the receiver keep
 If the receiver dies between commit and acknowledgement, the stream delivers the batch
 again and the store's insert-or-ignore on each record's key adds nothing.
 
-Beside them: the sampler (records.sampler) and the retention task, which deletes rows older
-than each table's retention at start and then every `retention_check_s`.
+Beside them: the sampler (records.sampler), the retention task, which deletes rows older
+than each table's retention at start and then every `retention_check_s`, and the derived
+figures (records.figures), computed at start and then every `figures_every_s`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nats.js import JetStreamContext
 from apis.bus.base import BusError
 from apis.bus.nats import NatsBus
 from apis.config.unitconfig import BusConfig
+from apis.records.figures import FigureSettings, run_figures
 from apis.records.inbound import (
     Delivery,
     Refused,
@@ -86,8 +88,15 @@ class Settings:
     retention_check_s: float = 3600.0
     batch: int = 500
     stream_max_bytes: int = 256 * 1024 * 1024
+    figures_every_s: float = 300.0
+    time_zone: str = "UTC"  # where the figures' days begin
+
+    def figures(self) -> FigureSettings:
+        return FigureSettings(period_s=self.unit_data_period_s, time_zone=self.time_zone,
+                              every_s=self.figures_every_s)
 
     def __post_init__(self) -> None:
+        self.figures()  # ValueError naming a bad time zone or period
         if self.unit_data_period_s <= 0:
             raise ValueError(f"unit data period = {self.unit_data_period_s} s (must be > 0)")
         for table, days in self.retention_days.items():
@@ -155,6 +164,8 @@ class Receiver:
                                 name="records: unit data"),
             asyncio.create_task(sampler.run(), name="records: sampler"),
             asyncio.create_task(self._retention(), name="records: retention"),
+            asyncio.create_task(run_figures(self.settings.store, self.settings.figures()),
+                                name="records: figures"),
         ]
         stopping = asyncio.create_task(stop.wait(), name="records: stop")
         try:

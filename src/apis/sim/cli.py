@@ -27,7 +27,8 @@ figures aside).
 
 --fidelity plan: the planning model instead of the unit software (the same houses,
 batteries, converter and grid models and decision functions, without the control loops):
-a year of 20 units in about a minute. apis sim validate compares the two fidelities.
+a year of 20 units in about a minute; with --sweep, for every case (locally or on
+--scheduler). apis sim validate compares the two fidelities.
 """
 
 

@@ -188,6 +188,7 @@ class Controller:
             registry.voltage_reference_kv, self.unit_id,
             (lambda: f"{instance_id}.{next(claims)}") if instance_id is not None
             else new_claim_id,
+            registry.lease_service,
         )
         self._entering_cv = 0  # commands between taking the claim and the converter in CV
         # the latest findings (loop time, level, finding), for tests and displays
@@ -482,8 +483,8 @@ class Controller:
         if command == "voltageReferenceAuthorization":
             return await self._authorize()
         if command == "voltageReferenceWillHandOver":
+            await self._begin_hand_over()  # the new reference takes the claim at step 2
             self.skip_dynamic_check = True
-            self.claim.handing_over = True  # the new reference takes the claim at step 2
             return await self._set_voltage(self._converter().vdis.dvg, self.hw.droop_ratio)
         if command == "voltageReferenceWillTakeOver":
             voltage = params.get("gridVoltageV")
@@ -602,6 +603,15 @@ class Controller:
                 f"could not be taken: {e}"
             ) from None
         self.claim.handing_over = False
+
+    async def _begin_hand_over(self) -> None:
+        try:
+            await self.claim.begin_hand_over()
+        except (ClaimRefused, BusError) as e:
+            raise CommandError(
+                f"voltageReferenceWillHandOver on {self.unit_id} refused: the voltage "
+                f"reference claim cannot be handed over: {e}"
+            ) from None
 
     async def _release_claim(self) -> None:
         claim = self.claim

@@ -41,6 +41,7 @@ from apis.hardware.driver import ConverterData, DeviceDriver, UnitData
 from apis.hardware.modes import ConverterMode
 from apis.unit import subjects
 from apis.unit.data import unit_data_json
+from apis.unit.leaseclient import LeaseServiceUnavailable
 from apis.unit.registry import Registry
 from apis.unit.safety import (
     Consecutive,
@@ -115,6 +116,13 @@ async def within(limit: float, read: Coroutine[Any, Any, T]) -> T:
     async with asyncio.timeout_at(deadline):
         return await _Resumed(read, waiting_for)
 
+
+
+def _quiet_if_unavailable(e: BusError, message: str, *args: object) -> None:
+    """A warning, but only a debug line while no lease service answers (its client has
+    said so once for the whole episode): the tick would repeat it every period."""
+    level = logging.DEBUG if isinstance(e, LeaseServiceUnavailable) else logging.WARNING
+    log.log(level, message, *args)
 
 class _Resumed(Generic[T]):
     """Awaiting a coroutine that has run up to its first wait (`waiting_for`, what it
@@ -621,7 +629,8 @@ class Controller:
         try:
             await claim.release()
         except BusError as e:  # the tick tries again; else it expires
-            log.warning("%s: voltage reference claim not released: %s", self.unit_id, e)
+            _quiet_if_unavailable(e, "%s: voltage reference claim not released: %s",
+                                  self.unit_id, e)
 
     async def keep_claim(self) -> None:
         """At every tick: renew the claim while the converter is in CV, give it up once it
@@ -651,7 +660,8 @@ class Controller:
             log.warning("%s: converter found in VOLTAGE_REFERENCE without the claim; took %s",
                         self.unit_id, taken)
         except BusError as e:
-            log.warning("%s: voltage reference claim not renewed: %s", self.unit_id, e)
+            _quiet_if_unavailable(e, "%s: voltage reference claim not renewed: %s",
+                                  self.unit_id, e)
 
     async def _set_current(self, dig: float) -> ConverterData:
         self._commands_begun += 1

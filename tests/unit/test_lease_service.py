@@ -179,6 +179,9 @@ def test_the_lease_only_for_the_requester_and_only_by_its_holder(tmp_path: Path)
         renewed = await e1.renew_grid_master(lock, global_errors=True)
         again = await e1.renew_grid_master(lock)
         assert again.revision > renewed.revision and again.epoch == lock.epoch
+        crossing = await asyncio.gather(*(e1.renew_grid_master(again) for _ in range(3)))
+        assert len({lock.revision for lock in crossing}) == 3  # a retried renewal crossing
+        again = max(crossing, key=lambda lock: lock.revision)
         with pytest.raises(RevisionMismatch, match="revision = 999"):  # not from the future
             await e1.renew_grid_master(GridMasterLock("E001", lock.epoch, 999))
         with pytest.raises(RevisionMismatch):  # another epoch: not this lease

@@ -19,8 +19,9 @@ concurrent copies are safe. Operations (body -> reply):
   (`Registry.acquire_grid_master`); refused ``KeyExists`` while anybody holds it.
 - ``renew`` ``{"epoch", "revision", "globalErrors"}`` -> ``{"lock"}``: only while the lock
   names the requester at that epoch; rewritten by compare-and-set on the revision read (a
-  revision newer than the request's is the requester's own renewal whose answer was lost).
-  Refused ``RevisionMismatch`` otherwise.
+  revision newer than the request's is the requester's own renewal whose answer was lost;
+  a compare-and-set crossed by such a renewal is tried again on a fresh read). Refused
+  ``RevisionMismatch`` otherwise.
 - ``release`` ``{}`` -> ``{"released"}``: deleted at its revision if the requester holds it.
 - ``claimTake`` ``{"held", "from", "newClaimId"}`` -> ``{"claim"}``: `take_claim` for the
   requester; a claim of another unit moves only in a hand-over *marked by its holder*
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 _UNIT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CLAIM_ID = re.compile(r"[A-Za-z0-9._:-]{1,80}")
 MAX_REVISION = 2**63 - 1
+# A holder's renewal retried after a lost answer can cross the first one: both read the same
+# revision and one compare-and-set fails; reading again then finds the lease still the
+# holder's (at a newer revision) and the renewal goes through.
+RENEW_ATTEMPTS = 3
 
 
 class BadLeaseRequest(ValueError):
@@ -210,19 +215,26 @@ class LeaseService:
         epoch = _revision(fields, "epoch", "renew")
         revision = _revision(fields, "revision", "renew")
         global_errors = _flag(fields, "globalErrors", "renew")
-        current = await self.registry.grid_master()
-        if current is None or current.unit_id != requester or current.epoch != epoch:
-            raise RevisionMismatch(
-                f"the Grid Master lease is {current}, not {requester}'s at epoch {epoch}"
-            )
-        if current.revision < revision:
-            raise RevisionMismatch(
-                f"revision = {revision} (the lease is at revision {current.revision})"
-            )
-        renewed = await self.registry.renew_grid_master(
-            GridMasterLock(requester, epoch, current.revision), global_errors
-        )
-        return {"lock": lock_json(renewed)}
+        for attempt in range(1, RENEW_ATTEMPTS + 1):
+            current = await self.registry.grid_master()
+            if current is None or current.unit_id != requester or current.epoch != epoch:
+                raise RevisionMismatch(
+                    f"the Grid Master lease is {current}, not {requester}'s at epoch {epoch}"
+                )
+            if current.revision < revision:
+                raise RevisionMismatch(
+                    f"revision = {revision} (the lease is at revision {current.revision})"
+                )
+            try:
+                renewed = await self.registry.renew_grid_master(
+                    GridMasterLock(requester, epoch, current.revision), global_errors
+                )
+            except RevisionMismatch:
+                if attempt == RENEW_ATTEMPTS:
+                    raise
+                continue  # another renewal of the holder's crossed this one: read again
+            return {"lock": lock_json(renewed)}
+        raise AssertionError("unreachable")
 
     async def _release(self, requester: str, body: JSON) -> dict[str, Any]:
         _fields(body, frozenset(), "release")
@@ -271,13 +283,17 @@ class LeaseService:
         return held, current
 
     async def _claim_renew(self, requester: str, body: JSON) -> dict[str, Any]:
-        held, current = await self._holding(requester, body, "claimRenew")
-        if current is None:
-            return {"claim": None}
-        renewed = await renew_claim(
-            self.registry.voltage_reference_kv, replace(held, revision=current.revision)
-        )
-        return {"claim": claim_json(renewed)}
+        for _ in range(RENEW_ATTEMPTS):
+            held, current = await self._holding(requester, body, "claimRenew")
+            if current is None:
+                return {"claim": None}
+            renewed = await renew_claim(
+                self.registry.voltage_reference_kv, replace(held, revision=current.revision)
+            )
+            if renewed is not None:
+                return {"claim": claim_json(renewed)}
+            # changed since the read: another renewal of the holder's, or somebody else's now
+        return {"claim": None}
 
     async def _claim_release(self, requester: str, body: JSON) -> dict[str, Any]:
         _held, current = await self._holding(requester, body, "claimRelease")

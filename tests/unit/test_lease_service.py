@@ -266,3 +266,23 @@ def test_without_a_service_nobody_takes_the_lease_and_it_is_said_once(
             r.getMessage()]
     assert len(said) == 1 and "E001" in said[0], said
     assert any("answers again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hand_over_given_up_closes_the_claim_again(tmp_path: Path) -> None:
+    async def body(b: Bench) -> None:
+        a, c = b.controllers["E003"], b.controllers["E004"]
+        await a.execute("VOLTAGE_REFERENCE", {})
+        await a.execute("voltageReferenceWillHandOver", {})
+        assert (await b.holder()).hand_over is True  # type: ignore[union-attr]
+        a.claim.handing_over = False  # the hand-over is off (A keeps the grid)
+        await a.keep_claim()
+        closed = await b.holder()
+        assert closed is not None and (closed.unit_id, closed.hand_over) == ("E003", False)
+        with pytest.raises(CommandError, match="claimed by E003"):
+            await c.execute("voltageReferenceWillTakeOver",
+                            {"gridVoltageV": 350.0, "voltageReferenceUnitId": "E003"})
+        assert b.in_cv() == ["E003"]
+        await a.execute("WAIT", {})
+        assert await b.holder() is None
+
+    _bench(tmp_path, body)

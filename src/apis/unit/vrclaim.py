@@ -97,8 +97,8 @@ async def take_claim(
 ) -> Claim:
     """`unit_id` holds the claim: create it when absent, keep it when `unit_id` holds it
     (`held`: what it last wrote), move it from `from_unit` (a hand-over) by compare-and-set;
-    with `hand_over_marked` only from a claim its holder marked as handed over
-    (`mark_hand_over`). ClaimRefused otherwise. The rules of the direct path and the lease
+    with `hand_over_marked` only from a claim its holder marked as handed over (the lease
+    service's ``claimHandOver``). ClaimRefused otherwise. The rules of the direct path and the lease
     service's alike (`apis.unit.leaseservice` calls this with the attested requester)."""
     for _ in range(ATTEMPTS):
         entry = await kv.get(VOLTAGE_REFERENCE_KEY)
@@ -202,6 +202,8 @@ class VoltageReferenceClaim:
             if held is None:
                 return False
             if self.service is not None:
+                if held.hand_over and not self.handing_over:
+                    held = replace(held, hand_over=False)  # no longer open to a take-over
                 self.held = await self.service.renew_claim(held)
             else:
                 self.held = await renew_claim(self.kv, held)

@@ -246,6 +246,10 @@ def settings_figures(result: AnyResult) -> dict[str, Any]:
     }
     if s.fidelity == "plan":
         figures["plan"] = s.plan.to_json()
+    if s.weather is not None:
+        figures["weather"] = s.weather
+    if s.load is not None:
+        figures["load"] = s.load
     return figures
 
 

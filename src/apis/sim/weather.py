@@ -174,7 +174,7 @@ def pv_w_per_kwp(
     sun = pvlib.solarposition.get_solarposition(times, latitude, longitude, altitude=altitude)
     ghi_s = pd.Series(ghi, index=times)
     if dni is None or dhi is None:
-        split = pvlib.irradiance.erbs(ghi_s, sun["zenith"], times)
+        split = pvlib.irradiance.erbs(ghi_s, sun["zenith"], np.asarray(times.day_of_year))
         dni_s, dhi_s = split["dni"], split["dhi"]
     else:
         dni_s, dhi_s = pd.Series(dni, index=times), pd.Series(dhi, index=times)
@@ -212,7 +212,7 @@ def _read_typical_year(path: Path, kind: str) -> YearSeries:
         else:
             data, meta = read_tmy3(str(path), map_variables=True)
             header_lines = 2
-    except Exception as error:  # noqa: BLE001 - the reader's own message, shown as is
+    except Exception as error:  # any failure of the reader: its own message, shown as is
         raise WeatherError(f"{source}: not a readable {kind.upper()} file ({error})") from None
     for column in ("ghi", "dni", "dhi"):
         if column not in data.columns:
@@ -237,10 +237,9 @@ def _read_typical_year(path: Path, kind: str) -> YearSeries:
     columns: dict[str, FloatArray] = {}
     for name in ("ghi", "dni", "dhi", "temp_air", "wind_speed"):
         if name in data.columns:
-            columns[name] = np.asarray(pd_numeric(data[name]), dtype=np.float64)[keep][order]
+            columns[name] = np.asarray(_numeric(data[name]), dtype=np.float64)[keep][order]
     for name in ("ghi", "dni", "dhi"):
-        _check_values(source, name, columns[name], lines, MAX_GHI_W_M2 if name == "ghi"
-                      else 1400.0 if name == "dni" else MAX_GHI_W_M2)
+        _check_values(source, name, columns[name], lines, MAX_GHI_W_M2)
     full = _checked_positions(source, positions, lines)
     pv = pv_w_per_kwp(positions, tz, latitude, longitude, altitude, columns["ghi"],
                       columns["dni"], columns["dhi"], columns.get("temp_air"),
@@ -248,7 +247,7 @@ def _read_typical_year(path: Path, kind: str) -> YearSeries:
     return YearSeries(source, positions, pv[:, None], full)
 
 
-def pd_numeric(column: Any) -> Any:
+def _numeric(column: Any) -> Any:
     import pandas as pd
 
     return pd.to_numeric(column, errors="coerce")

@@ -29,6 +29,10 @@ figures aside).
 batteries, converter and grid models and decision functions, without the control loops):
 a year of 20 units in about a minute; with --sweep, for every case (locally or on
 --scheduler). apis sim validate compares the two fidelities.
+
+Year runs with seasons: --weather builtin (pvlib's typical year) or a TMY3/EPW/CSV file
+for PV, --load seasonal or a CSV of hourly W for the household load; a run over more than
+one month gets monthly figures (see the README for the file formats).
 """
 
 

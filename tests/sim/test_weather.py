@@ -138,6 +138,8 @@ BAD_CASES = {
     "gap": (["time,pv_w_per_kwp", "2020-01-01 00:00,0", "2020-01-01 01:00,0",
              "2020-01-01 06:00,0", "2020-01-02 01:00,0"],
             f":4: gap of 5.00 h before 01-01 06:00 (limit {MAX_GAP_S / 3600:g} h)"),
+    "no_time": (["when,pv_w_per_kwp", "2020-01-01 00:00,0"],
+                ":1: header = ['when', 'pv_w_per_kwp'] (must hold a time column)"),
     "bad_time": (["time,pv_w_per_kwp", "yesterday,0"], ":2: column time = 'yesterday'"),
     "no_site": (["time,ghi_w_m2", "2020-01-01 00:00,0", "2020-01-01 01:00,0"],
                 "no '# latitude=...' line"),

@@ -291,12 +291,15 @@ def read_csv_series(path: Path, allowed: tuple[str, ...] | None) -> tuple[
                     continue
                 if header is None:
                     header = [c.strip() for c in row]
+                    if "time" not in header:
+                        raise WeatherError(
+                            f"{source}:{line}: header = {header} (must hold a time column)"
+                        )
                     continue
                 if len(row) != len(header):
                     raise WeatherError(f"{source}:{line}: {len(row)} values (the header has "
                                        f"{len(header)}: {','.join(header)})")
-                at = _parse_time(source, line, row[header.index("time")]
-                                 if "time" in header else row[0])
+                at = _parse_time(source, line, row[header.index("time")])
                 if at.month == 2 and at.day == 29:
                     continue
                 lines.append(line)
@@ -306,8 +309,8 @@ def read_csv_series(path: Path, allowed: tuple[str, ...] | None) -> tuple[
         raise WeatherError(f"{source}: cannot be read ({error.strerror})") from None
     except UnicodeDecodeError:
         raise WeatherError(f"{source}: not a text file (UTF-8)") from None
-    if header is None or "time" not in header:
-        raise WeatherError(f"{source}: header = {header} (must hold a time column)")
+    if header is None:
+        raise WeatherError(f"{source}: no header line (must hold a time column)")
     if allowed is None:
         names = [c for c in header if c != "time"]
         if not names:

@@ -16,6 +16,9 @@ computation. Nothing in the unit code is changed for it.
 - `plan`: the planning fidelity (the same community without the control loops, for months
   and years), with `plantables` (the users' decisions tabulated as a screen) and
   `planoutput` (units.csv and deals.csv streamed, deal figures tallied);
+- `weather`: year series from files (PV per kWp from pvlib's typical year or a user's
+  TMY3/EPW/CSV, household load CSVs), checked; `seasons`: the houses with that PV and
+  seasonal or file load (`--weather`, `--load`), for both fidelities;
 - `validate`: both fidelities on the same communities, compared;
 - `cli`: `apis sim` and `apis sim validate`.
 """

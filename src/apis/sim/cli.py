@@ -29,6 +29,10 @@ figures aside).
 batteries, converter and grid models and decision functions, without the control loops):
 a year of 20 units in about a minute; with --sweep, for every case (locally or on
 --scheduler). apis sim validate compares the two fidelities.
+
+Year runs with seasons: --weather builtin (pvlib's typical year) or a TMY3/EPW/CSV file
+for PV, --load seasonal or a CSV of hourly W for the household load; a run over more than
+one month gets monthly figures (see the README for the file formats).
 """
 
 
@@ -131,6 +135,15 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--plan-latency-dark", help="Plan: the same on a dark "
                                        "grid (default 13).")
         ] = None,
+        weather: Annotated[
+            str | None, typer.Option("--weather", help="PV from real weather: builtin (pvlib's "
+                                     "typical year of Greensboro NC) or a TMY3/EPW file or a "
+                                     "CSV of GHI or PV per kWp (see the README).")
+        ] = None,
+        load: Annotated[
+            str | None, typer.Option("--load", help="Household load: seasonal (built-in daily "
+                                     "load with seasons) or a CSV of hourly W (see the README).")
+        ] = None,
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
@@ -162,7 +175,10 @@ def register(app: typer.Typer) -> None:
                 config_dir=config, units=units, days=days, seed=seed,
                 start=start or DEFAULT_START, sharing=not no_sharing, fidelity=fidelity,
                 plan=plan, sample_interval_s=interval,
+                weather=_year_source(weather, "builtin", "--weather"),
+                load=_year_source(load, "seasonal", "--load"),
             )
+            _check_year_sources(settings)
             parsed = parse_sweep(sweep) if sweep else None
             if scheduler is not None and parsed is None:
                 raise SimError(f"--scheduler = {scheduler!r} without --sweep (a Dask cluster "
@@ -190,6 +206,30 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"wrote {path}")
             return
         _print_outcome(outcome.summary, outcome.run_info, out)
+
+
+def _year_source(value: str | None, builtin: str, option: str) -> str | None:
+    """A --weather/--load value: the built-in name, or the file's absolute path (sweep
+    workers may run elsewhere in the file system)."""
+    if value is None or value == builtin:
+        return value
+    from apis.sim.community import SimError
+
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise SimError(f"{option} = {value!r} (must be {builtin} or an existing file)")
+    return str(path.resolve())
+
+
+def _check_year_sources(settings: Any) -> None:
+    """Read the --weather and --load files once before any run: a bad one stops here."""
+    from apis.sim.seasons import SEASONAL
+    from apis.sim.weather import read_load, read_weather
+
+    if settings.weather is not None:
+        read_weather(settings.weather).check_covers(settings.start, settings.duration_s)
+    if settings.load is not None and settings.load != SEASONAL:
+        read_load(settings.load).check_covers(settings.start, settings.duration_s)
 
 
 def _print_outcome(summary: dict[str, Any], info: dict[str, Any], out: Path) -> None:

@@ -92,6 +92,8 @@ class SimSettings:
     converter: ConverterModel = field(default=RESPONSIVE_CONVERTER)
     fidelity: str = "faithful"  # or "plan" (see FIDELITIES)
     plan: PlanParameters = field(default_factory=PlanParameters)
+    weather: str | None = None  # "builtin" or a weather file (apis.sim.weather); None: built-in
+    load: str | None = None  # "seasonal" or a load file; None: the built-in daily load
 
     def __post_init__(self) -> None:
         if self.fidelity not in FIDELITIES:

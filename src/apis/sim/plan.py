@@ -83,6 +83,7 @@ Progress = Callable[[float], None]
 PLOT_POINTS = 2000  # at most this many samples per unit kept for the plots
 
 _TICK, _RESOLVE, _START, _END = 0, 1, 2, 3
+MONTHLY_HOUSE = ("pv_wh", "load_wh", "bought_wh")  # the counters summed per month
 
 
 @dataclass
@@ -109,6 +110,8 @@ class PlanResult:
     wall_s: float = 0.0
     world_steps: int = 0
     negotiations: int = 0
+    # community PV, load and bought energy (Wh) per calendar month ("2020-01"), by sample
+    monthly_wh: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class _Plan:
@@ -560,6 +563,8 @@ class _Plan:
         cap_min = float(cap.min()) if n else 0.0
         pv_done = np.zeros(n)
         load_done = np.zeros(n)
+        monthly: dict[str, dict[str, float]] = {}
+        month, month_end = self._month(0.0)
         for c0 in range(0, n_steps, chunk):
             count = min(chunk, n_steps - c0)
             pv_w, load_w, of_day = self._house(c0 * h, count)
@@ -617,6 +622,11 @@ class _Plan:
                     now = self._counters(cum_house)
                     increments = {name: now[name] - last[name] for name in last}
                     last = now
+                    if t1 > month_end + 1e-9:
+                        month, month_end = self._month(t1 - 1e-6)
+                    sums = monthly.setdefault(month, dict.fromkeys(MONTHLY_HOUSE, 0.0))
+                    for name in MONTHLY_HOUSE:
+                        sums[name] += float(increments[name].sum())
                     rsoc = np.minimum(np.maximum(100.0 * energy / cap, 0.0), 100.0)
                     self.units_out.write(t1, rsoc, energy, increments, interval)
                     if samples_taken % thin == 0 or t1 >= duration - 1e-9:
@@ -660,7 +670,14 @@ class _Plan:
             files=files,
             world_steps=n_steps,
             negotiations=self.negotiations,
+            monthly_wh=monthly,
         )
+
+    def _month(self, t: float) -> tuple[str, float]:
+        """The calendar month at t (s since the start) and the second it ends."""
+        at = self.start + timedelta(seconds=t)
+        following = datetime(at.year + at.month // 12, at.month % 12 + 1, 1)
+        return at.strftime("%Y-%m"), (following - self.start).total_seconds()
 
     def _counters(self, house: dict[str, FloatArray]) -> dict[str, FloatArray]:
         return {

@@ -281,6 +281,25 @@ def write_html(path: Path, summary: dict[str, Any], plots: Sequence[Path]) -> No
                  _kwh(base["storage_change_wh"])),
             ]),
         ]
+    monthly = summary.get("monthly")
+    if monthly:
+        with_sharing = "self_sufficiency_with_sharing" in monthly[0]
+        parts += [
+            "<h2>Per month</h2>",
+            _table(
+                ("Month", "Energy shared", "PV", "Load", "Bought",
+                 *(("Self-sufficiency with sharing",) if with_sharing else ()),
+                 "Self-sufficiency without sharing"),
+                [
+                    (m["month"], _kwh(m["energy_shared_wh"]), _kwh(m["pv_wh"]),
+                     _kwh(m["load_wh"]), _kwh(m["bought_wh"]),
+                     *((_pct(m["self_sufficiency_with_sharing"]),) if with_sharing else ()),
+                     _pct(m["self_sufficiency_without_sharing"])
+                     if "self_sufficiency_without_sharing" in m else "")
+                    for m in monthly
+                ],
+            ),
+        ]
     bal = summary["balance"]
     parts += [
         "<h2>Energy balance of the community</h2>",

@@ -100,9 +100,12 @@ def _captured_logs() -> Iterator[_LogCapture]:
 
 
 def build_world(settings: SimSettings, cluster: Cluster) -> World:
+    from apis.sim.seasons import year_profiles
+
     return World(
         [(u.unit_id, u.hw_config) for u in cluster.units],
         cluster.grid,
+        year_profiles(settings, len(cluster.units)),
         seed=settings.seed,
         start=settings.start,
         converter=settings.converter,

@@ -165,6 +165,61 @@ def shared_per_day(result: AnyResult) -> dict[str, float]:
     return {k: _f(v) for k, v in sorted(out.items())}
 
 
+def house_per_month(result: AnyResult) -> dict[str, dict[str, float]]:
+    """Community PV, load and bought energy (Wh) per calendar month of the run."""
+    if isinstance(result, PlanResult):
+        return result.monthly_wh
+    from datetime import timedelta
+
+    out: dict[str, dict[str, float]] = {}
+    samples = result.samples
+    names = ("pv_wh", "load_wh", "bought_wh")
+    start = result.settings.start
+    for k, t in enumerate(samples.times_s):
+        month = (start + timedelta(seconds=t - 1e-6)).strftime("%Y-%m")
+        sums = out.setdefault(month, dict.fromkeys(names, 0.0))
+        for name in names:
+            sums[name] += float(np.sum(samples.energy[name][k]))
+    return out
+
+
+def _sufficiency(load: float, bought: float) -> float:
+    return _f(1.0 - bought / load) if load > 0 else 1.0
+
+
+def monthly_figures(result: AnyResult, baseline: AnyResult | None) -> list[dict[str, Any]]:
+    """Per calendar month: energy shared and self-sufficiency with and without sharing
+    (empty when the run lies within one month)."""
+    months = house_per_month(result)
+    if len(months) <= 1:
+        return []
+    base = house_per_month(baseline) if baseline is not None else {}
+    shared: dict[str, float] = {}
+    for day, wh in shared_per_day(result).items():
+        shared[day[:7]] = shared.get(day[:7], 0.0) + wh
+    rows = []
+    for month, sums in months.items():
+        row: dict[str, Any] = {
+            "month": month,
+            "energy_shared_wh": _f(shared.get(month, 0.0)),
+            "pv_wh": _f(sums["pv_wh"]),
+            "load_wh": _f(sums["load_wh"]),
+            "bought_wh": _f(sums["bought_wh"]),
+        }
+        mine = _sufficiency(sums["load_wh"], sums["bought_wh"])
+        if result.settings.sharing:
+            row["self_sufficiency_with_sharing"] = mine
+            if month in base:
+                b = base[month]
+                row["bought_without_sharing_wh"] = _f(b["bought_wh"])
+                row["self_sufficiency_without_sharing"] = _sufficiency(b["load_wh"],
+                                                                       b["bought_wh"])
+        else:
+            row["self_sufficiency_without_sharing"] = mine
+        rows.append(row)
+    return rows
+
+
 def balance(result: AnyResult) -> dict[str, float]:
     com = community_figures(result)
     losses = loss_figures(result)
@@ -246,6 +301,10 @@ def settings_figures(result: AnyResult) -> dict[str, Any]:
     }
     if s.fidelity == "plan":
         figures["plan"] = s.plan.to_json()
+    if s.weather is not None:
+        figures["weather"] = s.weather
+    if s.load is not None:
+        figures["load"] = s.load
     return figures
 
 
@@ -282,4 +341,7 @@ def summarize(result: AnyResult, baseline: AnyResult | None = None) -> dict[str,
             "bought_saved_wh": _f(base["bought_wh"] - mine["bought_wh"]),
             "curtailed_saved_wh": _f(base["curtailed_wh"] - mine["curtailed_wh"]),
         }
+    monthly = monthly_figures(result, baseline)
+    if monthly:  # only a run over more than one calendar month has the key
+        out["monthly"] = monthly
     return out

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from apis.records.store import open_store
+from apis.unit import lifecycle
 
 
-def test_demo_one_hour_at_speed_1000_completes_a_deal_and_serves_the_ui() -> None:
+def test_demo_one_hour_at_speed_1000_completes_a_deal_and_serves_the_ui(tmp_path: Path) -> None:
+    records = tmp_path / "records.sqlite"
     result = subprocess.run(
         [sys.executable, "-m", "apis", "demo", "--duration", "1h", "--speed", "1000",
-         "--port", "0"],
+         "--port", "0", "--records", str(records)],
         capture_output=True, text=True, timeout=600,
     )
     out = " ".join(result.stdout.split())  # the terminal view wraps long lines
@@ -25,6 +31,24 @@ def test_demo_one_hour_at_speed_1000_completes_a_deal_and_serves_the_ui() -> Non
     assert completed is not None, out
     assert int(completed.group(1)) >= 1, out
     assert "voltage conflicts: 0" in out, out
+    # the records built up: every unit's lines, the deals' versions, the units' data
+    assert f"records: SQLite {records}" in out, out
+    store = open_store(str(records))
+    try:
+        lines = store.query("SELECT unit_id, logger, message FROM log_lines")
+        ended = store.query("SELECT DISTINCT deal_id FROM deal_versions "
+                            "WHERE state = 'deactivated'")
+        units = store.query("SELECT unit_id, COUNT(*) FROM unit_data GROUP BY unit_id")
+    finally:
+        store.close()
+    disposed = {m["dealId"] for _, logger, message in lines
+                if logger == lifecycle.LOGGER_NAME
+                and (m := lifecycle.PATTERNS["deal disposed"].fullmatch(message))}
+    assert len(disposed) >= int(completed.group(1)), lines
+    assert disposed <= {deal_id for (deal_id,) in ended}, (disposed, ended)
+    assert {u for u, _, _ in lines} <= {"E001", "E002", "E003", "E004"}
+    assert sorted(u for u, _ in units) == ["E001", "E002", "E003", "E004"]
+    assert all(count >= 50 for _, count in units), units  # one a minute of the hour
 
 
 def test_ctrl_c_stops_the_demo_cleanly_with_its_summary() -> None:
@@ -45,6 +69,21 @@ def test_ctrl_c_stops_the_demo_cleanly_with_its_summary() -> None:
     assert demo.returncode == 0, stdout + stderr
     assert "stopped" in out and "summary after" in out, out
     assert re.search(r"completed deals: \d+", out), out
+    assert re.search(r"records: SQLite \S+records\.sqlite \(gone at the end", out), out
     # Every task was cancelled and awaited before the loop closed: nothing complains.
     assert "Traceback" not in stdout + stderr, stdout + stderr
     assert "error occurred" not in stdout + stderr, stdout + stderr
+
+
+def test_records_must_be_a_new_file(tmp_path: Path) -> None:
+    old = tmp_path / "old.sqlite"
+    old.write_bytes(b"")
+    for path, problem in [(old, "exists (give a new file)"),
+                          (tmp_path / "no" / "r.sqlite", "does not exist")]:
+        result = subprocess.run(
+            [sys.executable, "-m", "apis", "demo", "--records", str(path), "--no-web"],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "COLUMNS": "500"},  # the error box not wrapped
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert problem in " ".join(result.stderr.split()), result.stderr

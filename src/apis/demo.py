@@ -3,6 +3,11 @@
 Every unit runs the full node software (Controller, User, Mediator, Grid Master) on the
 in-memory bus; the emulator supplies batteries, converters and the DC grid. Time runs
 `--speed` times faster than real time.
+
+The operations records build up as the demo runs: every unit's log lines, every deal version
+and the units' data (records.inprocess, the checks and store of `apis records`), in a SQLite
+file (`--records FILE`; by default one in the demo's temporary folder, gone at the end), on
+the simulated clock.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console, Group
@@ -32,6 +37,9 @@ from apis.emulator.driver import EmulatedDriver
 from apis.hardware.modes import ConverterMode
 from apis.unit.cluster import InProcessCluster
 from apis.unit.deal import Deal
+
+if TYPE_CHECKING:
+    from apis.records.inprocess import InProcessRecorder
 
 # Starting charge levels, cycled over the units: some have plenty, some need energy.
 DEMO_RSOC = (88.0, 30.0, 62.0, 45.0, 75.0, 35.0)
@@ -61,6 +69,7 @@ def emulated_cluster(
     initial_rsoc: Sequence[float] | None = None,
     converter: ConverterModel | None = None,  # None: the emulator's default converter
     deal_log_tmpdir: str | None = None,
+    label_handlers: bool = False,  # each unit's handlers run labelled (for a recorder)
 ) -> tuple[World, InProcessCluster]:
     """A world of emulated units for `config` and the cluster of nodes driving it."""
     ids = config.unit_ids
@@ -76,7 +85,8 @@ def emulated_cluster(
         initial_rsoc=rsoc,
     )
     drivers = {u: EmulatedDriver(world, u) for u in ids}
-    cluster = InProcessCluster(config, drivers, seed=seed, deal_log_tmpdir=deal_log_tmpdir)
+    cluster = InProcessCluster(config, drivers, seed=seed, deal_log_tmpdir=deal_log_tmpdir,
+                               label_handlers=label_handlers)
     return world, cluster
 
 
@@ -168,11 +178,14 @@ class WebOptions:
 
 
 async def run_demo(state: DemoState, duration_s: float | None, refresh_s: float,
-                   console: Console, live: bool, web: WebOptions | None = None) -> None:
+                   console: Console, live: bool, web: WebOptions | None = None,
+                   recorder: InProcessRecorder | None = None) -> None:
     loop = asyncio.get_running_loop()
     cluster = state.cluster
     start = loop.time()
-    async with cluster.running(), _web_ui(state, web, console):
+    recording = recorder.recording() if recorder is not None else contextlib.nullcontext()
+    # the recorder first and last: it has the units' first lines and their last
+    async with recording, cluster.running(), _web_ui(state, web, console):
         with Live(render(state), console=console, auto_refresh=False,
                   transient=False) if live else _NoLive() as view:
             while duration_s is None or loop.time() - start < duration_s:
@@ -193,7 +206,7 @@ async def _web_ui(
         return
     from apis.web.server import WebServer  # the web layer is optional for the demo
 
-    server = WebServer(state.cluster.hub.connect("web"), world=state.world,
+    server = WebServer(state.cluster.connect("web"), world=state.world,
                        host=options.host, port=options.port)
     try:
         await server.start()
@@ -247,6 +260,13 @@ def register(app: typer.Typer) -> None:
         ] = True,
         host: Annotated[str, typer.Option("--host", help="Address of the UI.")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="Port of the UI (0: any free).")] = 8080,
+        records: Annotated[
+            Path | None,
+            typer.Option("--records", dir_okay=False,
+                         help="Keep the operations records (log lines, deals, unit data) in "
+                              "this new SQLite file (default: one in the demo's temporary "
+                              "folder, gone at the end)."),
+        ] = None,
     ) -> None:
         """Run a cluster on emulated hardware with a live view of every unit and deal."""
         console = Console()
@@ -256,9 +276,16 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(e)) from None
         if speed <= 0:
             raise typer.BadParameter(f"--speed = {speed} (must be > 0)")
+        if records is not None and records.exists():
+            # the simulated clock starts at 10:00 today every run: samples would collide
+            raise typer.BadParameter(f"--records = {records} exists (give a new file)")
+        if records is not None and not records.parent.is_dir():
+            raise typer.BadParameter(f"--records = {records}: folder {records.parent} "
+                                     "does not exist")
         with tempfile.TemporaryDirectory(prefix="apis-demo-") as tmp:
             # Warnings go to a file: the live view owns the terminal.
             handler = logging.FileHandler(Path(tmp) / "apis-demo.log")
+            handler.setLevel(logging.WARNING)
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
             apis_log = logging.getLogger("apis")
             apis_log.addHandler(handler)
@@ -270,14 +297,30 @@ def register(app: typer.Typer) -> None:
                 directory = config if config is not None else default_cluster_dir()
             cluster_config = load_cluster(directory)
             world, cluster = emulated_cluster(
-                cluster_config, seed=seed, deal_log_tmpdir=str(Path(tmp) / "logs")
+                cluster_config, seed=seed, deal_log_tmpdir=str(Path(tmp) / "logs"),
+                label_handlers=True,
             )
+            recorder = _recorder(cluster, world, records or Path(tmp) / "records.sqlite")
+            kept = "" if records is not None else " (gone at the end; --records FILE keeps it)"
+            console.print(f"records: {recorder.store.description}{kept}", soft_wrap=True)
             state = DemoState(world, cluster)
             refresh_s = max(0.25 * speed, 1.0)  # about four screen updates per real second
             try:
                 web_options = WebOptions(host, port) if web else None
-                clock.run(run_demo(state, duration_s, refresh_s, console, live, web_options),
+                clock.run(run_demo(state, duration_s, refresh_s, console, live, web_options,
+                                   recorder),
                           "scaled", speed)
             except KeyboardInterrupt:
                 console.print("stopped")
             summary(state, console)
+
+
+def _recorder(cluster: InProcessCluster, world: World, path: Path) -> InProcessRecorder:
+    from apis.records.inprocess import InProcessRecorder
+    from apis.records.store import StoreError, open_store
+
+    try:
+        store = open_store(str(path))
+    except StoreError as e:
+        raise typer.BadParameter(f"--records = {path}: {e}") from None
+    return InProcessRecorder(cluster, store, clock=lambda: world.now().timestamp())

@@ -1,7 +1,9 @@
 """Rows that wait in memory for the store, for sources that cannot wait for us themselves (UDP
 datagrams, an in-process cluster's log): kept in order, committed in batches, a failed commit
 retried with backoff (0.5 s doubling to 30 s) while rows keep coming; beyond `capacity`
-waiting rows, new ones are counted as dropped and said so after the next commit.
+waiting rows, new ones are counted as dropped and said so after the next commit. With
+`linger_s`, a commit waits that long (loop time) after the first row, to take more at once
+(fewer commits, each a disk sync).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ Write = Callable[[Sequence[Row]], Awaitable[int]]  # commit in one transaction; 
 
 class PendingRows:
     def __init__(self, write: Write, what: str, *, batch: int = 500,
-                 capacity: int = 100_000) -> None:
+                 capacity: int = 100_000, linger_s: float = 0.0) -> None:
         self._write = write
         self.what = what  # for the log: "action log datagrams"
         self.batch = batch
         self.capacity = capacity
+        self.linger_s = linger_s
         self.committed = 0  # rows the store took (new ones)
         self.dropped = 0
         self._reported_drops = 0
@@ -54,6 +57,8 @@ class PendingRows:
         """Commit as rows come, until cancelled (then call `flush`)."""
         while True:
             await self._arrived.wait()
+            if self.linger_s > 0:
+                await asyncio.sleep(self.linger_s)
             self._arrived.clear()
             while self._rows:
                 await self._commit_next()

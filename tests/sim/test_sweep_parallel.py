@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -191,3 +192,44 @@ def test_no_worker_outlives_the_sweep(tmp_path: Path, killed: bool) -> None:
         if sweep.poll() is None or group():
             os.killpg(sweep.pid, signal.SIGKILL)
         sweep.wait()
+
+
+@linux_only
+@pytest.mark.timeout(600)
+def test_a_worker_killed_mid_case_has_its_case_run_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    serial, _ = _sweep(tmp_path / "serial", jobs=1)
+    outcome: dict[str, object] = {}
+
+    def sweep() -> None:
+        try:
+            outcome["files"] = _sweep(tmp_path / "parallel", jobs=2)[0]
+        except BaseException as error:  # reported by the assertion below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 180
+        workers: list[int] = []
+        while not workers:  # the forkserver's children: the workers
+            assert time.monotonic() < deadline, "no worker started"
+            processes = _processes()
+            servers = [pid for pid, (ppid, _, cmd) in processes.items()
+                       if ppid == os.getpid() and "forkserver" in cmd]
+            workers = [pid for pid, (ppid, _, _) in processes.items() if ppid in servers]
+            time.sleep(0.05)
+        time.sleep(0.5)  # into its case
+        os.kill(workers[0], signal.SIGKILL)
+    finally:
+        thread.join(timeout=540)
+    assert "error" not in outcome, outcome.get("error")
+    assert "its worker process ended without a result (exit code -9); running it again " \
+        "(attempt 2 of 3)" in caplog.text
+    parallel = outcome["files"]
+    assert isinstance(parallel, dict)
+    assert sorted(serial) == sorted(parallel)
+    for name, content in serial.items():
+        if not name.endswith("run-info.json"):
+            assert content == parallel[name], name

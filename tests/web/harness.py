@@ -17,6 +17,7 @@ from apis.config.generate import default_cluster_dir, write_cluster
 from apis.demo import emulated_cluster
 from apis.emulator import World
 from apis.unit.cluster import InProcessCluster
+from apis.web.records import RecordsReader
 from apis.web.server import WebServer
 from tests.web.fakes import FakeCluster, deal
 
@@ -104,12 +105,15 @@ class ClusterThread:
 
 class FakeClusterThread:
     """The web app over a fake cluster of `units` units with moving values and `deals` live
-    deals, on a real-time loop in a background thread: the browser's side alone."""
+    deals, on a real-time loop in a background thread: the browser's side alone. `records`:
+    a records store the app reads (`apis web --records`)."""
 
-    def __init__(self, units: int = 50, deals: int = 10, refresh_real_s: float = 0.5) -> None:
+    def __init__(self, units: int = 50, deals: int = 10, refresh_real_s: float = 0.5,
+                 records: str | None = None) -> None:
         self.ids = tuple(f"E{i:03d}" for i in range(1, units + 1))
         self.deals = deals
         self.refresh_real_s = refresh_real_s
+        self.records = records
         self.url = ""
         self.token = ""
         self.web: WebServer | None = None
@@ -148,13 +152,19 @@ class FakeClusterThread:
                  isMaster=(k == 0))
             for k in range(self.deals)
         ]
-        web = WebServer(hub.connect("web"), port=0, refresh_real_s=self.refresh_real_s)
+        reader = RecordsReader(self.records) if self.records is not None else None
+        web = WebServer(hub.connect("web"), port=0, refresh_real_s=self.refresh_real_s,
+                        records=reader)
         self.web = web
-        async with web.running():
-            self.url, self.token = web.url, web.token
-            self._ready.set()
-            await self._stop.wait()
-        await fake.close()
+        try:
+            async with web.running():
+                self.url, self.token = web.url, web.token
+                self._ready.set()
+                await self._stop.wait()
+        finally:
+            await fake.close()
+            if reader is not None:
+                reader.close()
 
     def login_url(self) -> str:
         """A one-time login link for one page (the page trades its code for the token)."""

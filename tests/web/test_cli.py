@@ -137,3 +137,53 @@ def test_where_the_token_comes_from(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "apis").stat().st_mode) == 0o700
     with pytest.raises(TokenError, match="token of 5 characters"):
         control_token(None, {"APIS_WEB_TOKEN": "short"})
+
+
+async def test_apis_web_reads_a_records_store_given_by_option(tmp_path: Path) -> None:
+    """`apis web --records STORE`: the log viewer, the history page and /api/records read
+    the store of `apis records`, read only."""
+    natsserver = pytest.importorskip("apis.bus.natsserver")
+    from apis.records.store import LogRow, open_store
+
+    try:
+        natsserver.find_nats_server()
+    except natsserver.NatsServerError as e:
+        pytest.skip(str(e))
+    records = tmp_path / "records.sqlite"
+    store = open_store(str(records))
+    store.write([LogRow("o@1", 1, "E001", 1_767_225_600.0, "WARNING", "apis.x", "main",
+                        "kept", "[[[apis-main:E001]]] ... kept")], 1_767_225_601.0)
+    store.close()
+    env = {**os.environ, "APIS_WEB_TOKEN": "a-token-for-this-test-1234"}
+    async with natsserver.NatsCluster(size=1) as nats_cluster:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "apis", "web", "--bus", nats_cluster.urls[0], "--port", "0",
+            "--records", str(records),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            printed = [(await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+                       for _ in range(5)]
+            base = printed[0].split(": ", 1)[1].strip()
+            assert printed[4].startswith(f"records (SQLite {records}, read only)")
+            assert f"{base}logs" in printed[4] and f"{base}history" in printed[4]
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                lines = (await client.get("/api/records/logs")).json()["rows"]
+                assert [(r["unitId"], r["level"], r["message"]) for r in lines] == [
+                    ("E001", "WARNING", "kept")]
+                for page in ("/logs", "/history"):
+                    r = await client.get(page)
+                    assert r.status_code == 200 and "APIS operations" in r.text
+                status = (await client.get("/api/records/status")).json()
+                assert status["store"] == f"SQLite {records}" and status["units"] == ["E001"]
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        rest = (await proc.stdout.read()).decode() if proc.stdout else ""
+        assert proc.returncode == 0, rest

@@ -799,11 +799,15 @@ class NatsKeyValue:
         )
         found: dict[str, int] = {}
         try:
-            info = await watcher._sub.consumer_info()
+            sub = watcher._sub
+            assert sub is not None  # subscribed by watch()
+            info = await sub.consumer_info()
             if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
                 return found  # nothing under the filter
             while True:
-                update = await watcher.updates(timeout=self._bus.kv_timeout)
+                update = await watcher.updates(  # type: ignore[no-untyped-call]
+                    timeout=self._bus.kv_timeout
+                )
                 if update is None:  # the marker above, possibly early
                     continue
                 if update.operation in _DELETE_OPERATIONS:

@@ -83,6 +83,14 @@ def register(app: typer.Typer) -> None:
                               help="Size of each records stream (records waiting for this "
                                    "receiver); when full the oldest are dropped.")
         ] = 256,
+        time_zone: Annotated[
+            str, typer.Option("--time-zone", help="Where the derived figures' days begin "
+                              "(IANA name, e.g. Asia/Tokyo).")
+        ] = "UTC",
+        figures_every: Annotated[
+            float, typer.Option("--figures-every", help="Seconds between two passes of the "
+                                "derived figures (energy per hour and day, availability).")
+        ] = 300.0,
         retention_check: Annotated[
             float, typer.Option("--retention-check", hidden=True,
                                 help="Seconds between retention passes.")
@@ -141,6 +149,8 @@ def register(app: typer.Typer) -> None:
                 retention_check_s=retention_check,
                 stream_max_bytes=stream_max_mb * 1024 * 1024,
                 multicast=source,
+                time_zone=time_zone,
+                figures_every_s=figures_every,
             )
         except ValueError as exc:
             typer.echo(f"apis records: {exc}", err=True)

@@ -1,7 +1,8 @@
 """The records store in PostgreSQL (psycopg 3): the same schema and statements as SQLite.
 
 A connection that breaks (the server restarted or went away) is dropped; the next call
-connects again, so the receiver's retries find the server when it is back.
+connects again, so the receiver's retries find the server when it is back. Read only (the
+web app): the session's transactions are read only and the schema is left as it is.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from apis.records.store import SCHEMA, Row, StoreError, insert_statements, purge_statements
+from apis.records.store import (
+    SCHEMA,
+    Change,
+    Row,
+    StoreError,
+    insert_statements,
+    purge_statements,
+)
 
 CONNECT_TIMEOUT_S = 5
 
@@ -31,11 +39,15 @@ def _without_password(url: str) -> str:
 
 
 class PostgresStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
-        self.description = f"PostgreSQL {_without_password(url)}"
+        self.read_only = read_only
+        self.description = f"PostgreSQL {_without_password(url)}" + (
+            " (read only)" if read_only else "")
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         conn = self._connection()
+        if read_only:
+            return
         try:
             with conn.transaction():
                 for statement in SCHEMA:
@@ -48,8 +60,13 @@ class PostgresStore:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            self._conn = psycopg.connect(self.url, autocommit=True,
-                                         connect_timeout=CONNECT_TIMEOUT_S)
+            if self.read_only:
+                self._conn = psycopg.connect(self.url, autocommit=True,
+                                             connect_timeout=CONNECT_TIMEOUT_S,
+                                             options="-c default_transaction_read_only=on")
+            else:
+                self._conn = psycopg.connect(self.url, autocommit=True,
+                                             connect_timeout=CONNECT_TIMEOUT_S)
         except psycopg.Error as exc:
             raise StoreError(f"{self.description}: cannot connect: {_text(exc)}") from exc
         return self._conn
@@ -65,11 +82,20 @@ class PostgresStore:
     def write(self, rows: Sequence[Row], stored_at: float) -> int:
         if not rows:
             return 0
+        return self._transaction(insert_statements(rows, stored_at))
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        if changes:
+            self._transaction(changes)
+
+    def _transaction(self, statements: Sequence[Change]) -> int:
         conn = self._connection()
         added = 0
         try:
             with conn.transaction(), conn.cursor() as cursor:
-                for sql, params in insert_statements(rows, stored_at):
+                for sql, params in statements:
+                    if not params:
+                        continue
                     cursor.executemany(_pg(sql), params)
                     added += max(0, cursor.rowcount)
         except psycopg.Error as exc:

@@ -8,8 +8,9 @@ server is told they are in progress) and nothing acknowledged; the receiver keep
 If the receiver dies between commit and acknowledgement, the stream delivers the batch
 again and the store's insert-or-ignore on each record's key adds nothing.
 
-Beside them: the sampler (records.sampler) and the retention task, which deletes rows older
-than each table's retention at start and then every `retention_check_s`.
+Beside them: the sampler (records.sampler), the retention task, which deletes rows older
+than each table's retention at start and then every `retention_check_s`, and the derived
+figures (records.figures), computed at start and then every `figures_every_s`.
 
 With a multicast source, action log lines arriving as UDP datagrams (the original apis-main's,
 records.datagrams) go into the same store, through the same store thread; with no bus given
@@ -36,6 +37,7 @@ from apis.bus.base import BusError
 from apis.bus.nats import NatsBus
 from apis.config.unitconfig import BusConfig
 from apis.records.datagrams import DatagramReceiver, MulticastSource
+from apis.records.figures import FigureSettings, run_figures
 from apis.records.inbound import (
     Delivery,
     Refused,
@@ -93,14 +95,21 @@ class Settings:
     stream_max_bytes: int = 256 * 1024 * 1024
     # action log lines as UDP multicast datagrams (the original apis-main's), too or only
     multicast: MulticastSource | None = None
+    figures_every_s: float = 300.0
+    time_zone: str = "UTC"  # where the figures' days begin
 
     @property
     def uses_bus(self) -> bool:
         return bool(self.servers) or self.bus is not None
 
+    def figures(self) -> FigureSettings:
+        return FigureSettings(period_s=self.unit_data_period_s, time_zone=self.time_zone,
+                              every_s=self.figures_every_s)
+
     def __post_init__(self) -> None:
         if not self.uses_bus and self.multicast is None:
             raise ValueError("nothing to receive: give the bus's servers, or a multicast group")
+        self.figures()  # ValueError naming a bad time zone or period
         if self.unit_data_period_s <= 0:
             raise ValueError(f"unit data period = {self.unit_data_period_s} s (must be > 0)")
         for table, days in self.retention_days.items():
@@ -168,6 +177,9 @@ class Receiver:
         else:
             log.info("records: receiving into %s (multicast only)", self.store.description)
         tasks.append(asyncio.create_task(self._retention(), name="records: retention"))
+        tasks.append(asyncio.create_task(run_figures(self.settings.store,
+                                                     self.settings.figures()),
+                                         name="records: figures"))
         stopping = asyncio.create_task(stop.wait(), name="records: stop")
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)

@@ -2,6 +2,7 @@
 
 A write that fails (the file's disk full or read-only, the file locked too long) drops the
 connection; the next call opens the file again, so a store that was fixed is used again.
+Read only (the web app): the file is opened with ``mode=ro``; it must exist.
 """
 
 from __future__ import annotations
@@ -10,20 +11,32 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from apis.records.store import SCHEMA, Row, StoreError, insert_statements, purge_statements
+from apis.records.store import (
+    SCHEMA,
+    Change,
+    Row,
+    StoreError,
+    insert_statements,
+    purge_statements,
+)
 
 BUSY_TIMEOUT_S = 10.0
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.description = f"SQLite {self.path}"
+        self.read_only = read_only
+        self.description = f"SQLite {self.path}" + (" (read only)" if read_only else "")
         if not self.path.parent.is_dir():
             raise StoreError(
                 f"store = {str(self.path)!r}: folder {self.path.parent} does not exist"
             )
+        if read_only and not self.path.is_file():
+            raise StoreError(f"store = {str(self.path)!r}: no such file (a records store "
+                             "that `apis records` made)")
         self._db: sqlite3.Connection | None = None
         self._connection()
 
@@ -32,6 +45,12 @@ class SqliteStore:
             return self._db
         try:
             # one thread uses it at a time (the receiver's store thread), not always the same
+            if self.read_only:
+                db = sqlite3.connect(f"file:{quote(str(self.path.absolute()))}?mode=ro",
+                                     uri=True, check_same_thread=False, isolation_level=None,
+                                     timeout=BUSY_TIMEOUT_S)
+                self._db = db
+                return db
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                  timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
@@ -59,12 +78,21 @@ class SqliteStore:
     def write(self, rows: Sequence[Row], stored_at: float) -> int:
         if not rows:
             return 0
+        return self._transaction(insert_statements(rows, stored_at))
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        if changes:
+            self._transaction(changes)
+
+    def _transaction(self, statements: Sequence[Change]) -> int:
+        """Every statement with each of its parameter rows, in one transaction; returns the
+        rows changed."""
         db = self._connection()
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 before = db.total_changes
-                for sql, params in insert_statements(rows, stored_at):
+                for sql, params in statements:
                     db.executemany(sql, params)
                 added = db.total_changes - before
                 db.execute("COMMIT")

@@ -16,6 +16,24 @@ Tables (times are seconds since the epoch, UTC, as DOUBLE PRECISION; JSON as tex
 
 Every write is insert-or-ignore on the key, in one transaction per batch: a batch that is
 delivered again (the receiver died between committing and acknowledging) adds nothing.
+
+Derived figures (`records.figures` computes them from the tables above and replaces them
+whole, so that computing them again gives the same rows; `FIGURE_TABLES`):
+
+- ``deal_summaries``: one row per deal: its units, when it was first stored, started,
+  ended, completed or aborted (registry times, ``reported_at``), and the energy counted.
+- ``deal_hours``: the energy of each deal per unit and hour (``hour_start``, a multiple of
+  3600 s since the epoch): charged on its charge unit, discharged on its discharge unit.
+- ``unit_hours`` and ``unit_days``: per unit and hour / local day (``day`` YYYY-MM-DD in the
+  figures' time zone, ``day_start`` its first second): energy charged and discharged
+  through deals; bought from and sold to the utility, PV and load, integrated from unit
+  data (NULL where no sample carried the value); deals made, completed, aborted; unit data
+  samples that arrived and were expected (NULL when the unit was never sampled).
+- ``unit_downtimes``: gaps in a unit's samples longer than two sampling periods, from the
+  first missed sample to the next sample that came (``end_at`` NULL: not back yet).
+- ``unit_spans``: each sampled unit's first and last sample.
+- ``figure_state``: how far the figures are computed (``stored_through``, ``horizon``) and
+  in which time zone.
 """
 
 from __future__ import annotations
@@ -25,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 TABLES = ("log_lines", "deal_versions", "unit_data", "rejected")
+FIGURE_TABLES = ("deal_summaries", "deal_hours", "unit_hours", "unit_days", "unit_downtimes",
+                 "unit_spans", "figure_state")
 # the column each table's retention is measured on
 TIME_COLUMNS = {
     "log_lines": "at",
@@ -137,6 +157,49 @@ SCHEMA = (
         reason TEXT NOT NULL, data TEXT NOT NULL, stored_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (origin, seq))""",
     "CREATE INDEX IF NOT EXISTS rejected_at ON rejected (stored_at)",
+    # what the figures read to find new records
+    "CREATE INDEX IF NOT EXISTS deal_versions_stored ON deal_versions (stored_at)",
+    "CREATE INDEX IF NOT EXISTS unit_data_stored ON unit_data (stored_at)",
+    # ---- derived figures (records.figures) ----
+    """CREATE TABLE IF NOT EXISTS deal_summaries (
+        deal_id TEXT NOT NULL PRIMARY KEY, charge_unit_id TEXT, discharge_unit_id TEXT,
+        community_id TEXT, cluster_id TEXT, created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION, ended_at DOUBLE PRECISION,
+        completed_at DOUBLE PRECISION, aborted_at DOUBLE PRECISION, abort_reason TEXT,
+        state TEXT, removed BIGINT NOT NULL, deal_amount_wh DOUBLE PRECISION,
+        cumulate_amount_wh DOUBLE PRECISION, charged_wh DOUBLE PRECISION NOT NULL,
+        discharged_wh DOUBLE PRECISION NOT NULL, versions BIGINT NOT NULL,
+        last_revision BIGINT NOT NULL, last_reported_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS deal_summaries_created ON deal_summaries (created_at)",
+    """CREATE TABLE IF NOT EXISTS deal_hours (
+        deal_id TEXT NOT NULL, unit_id TEXT NOT NULL, hour_start DOUBLE PRECISION NOT NULL,
+        charged_wh DOUBLE PRECISION NOT NULL, discharged_wh DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (deal_id, unit_id, hour_start))""",
+    "CREATE INDEX IF NOT EXISTS deal_hours_unit ON deal_hours (unit_id, hour_start)",
+    """CREATE TABLE IF NOT EXISTS unit_hours (
+        unit_id TEXT NOT NULL, hour_start DOUBLE PRECISION NOT NULL,
+        charged_wh DOUBLE PRECISION NOT NULL, discharged_wh DOUBLE PRECISION NOT NULL,
+        bought_wh DOUBLE PRECISION, sold_wh DOUBLE PRECISION, pv_wh DOUBLE PRECISION,
+        load_wh DOUBLE PRECISION, deals_made BIGINT NOT NULL, deals_completed BIGINT NOT NULL,
+        deals_aborted BIGINT NOT NULL, samples BIGINT NOT NULL, expected_samples BIGINT,
+        PRIMARY KEY (unit_id, hour_start))""",
+    "CREATE INDEX IF NOT EXISTS unit_hours_at ON unit_hours (hour_start)",
+    """CREATE TABLE IF NOT EXISTS unit_days (
+        unit_id TEXT NOT NULL, day TEXT NOT NULL, day_start DOUBLE PRECISION NOT NULL,
+        charged_wh DOUBLE PRECISION NOT NULL, discharged_wh DOUBLE PRECISION NOT NULL,
+        bought_wh DOUBLE PRECISION, sold_wh DOUBLE PRECISION, pv_wh DOUBLE PRECISION,
+        load_wh DOUBLE PRECISION, deals_made BIGINT NOT NULL, deals_completed BIGINT NOT NULL,
+        deals_aborted BIGINT NOT NULL, samples BIGINT NOT NULL, expected_samples BIGINT,
+        PRIMARY KEY (unit_id, day))""",
+    "CREATE INDEX IF NOT EXISTS unit_days_at ON unit_days (day_start)",
+    """CREATE TABLE IF NOT EXISTS unit_downtimes (
+        unit_id TEXT NOT NULL, start_at DOUBLE PRECISION NOT NULL, end_at DOUBLE PRECISION,
+        missing_samples BIGINT NOT NULL, PRIMARY KEY (unit_id, start_at))""",
+    """CREATE TABLE IF NOT EXISTS unit_spans (
+        unit_id TEXT NOT NULL PRIMARY KEY, first_sampled_at DOUBLE PRECISION NOT NULL,
+        last_sampled_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS figure_state (
+        name TEXT NOT NULL PRIMARY KEY, number DOUBLE PRECISION, text TEXT)""",
 )
 
 
@@ -171,6 +234,10 @@ def purge_statements(cutoffs: Mapping[str, float]) -> list[tuple[str, str, float
     return out
 
 
+# (statement with `?` placeholders, one parameter row per execution)
+Change = tuple[str, Sequence[Sequence[Any]]]
+
+
 class RecordStore(Protocol):
     """Where the receiver commits records. Calls block: run them off the event loop, one at a
     time (one thread). Every failure is a `StoreError`; a store reconnects by itself at the
@@ -190,17 +257,23 @@ class RecordStore(Protocol):
         """Rows of a read-only statement with `?` placeholders (for tools and tests)."""
         ...
 
+    def apply(self, changes: Sequence[Change]) -> None:
+        """Run each statement (`?` placeholders) once per parameter row, all in one
+        transaction (the derived figures' replacements)."""
+        ...
+
     def close(self) -> None: ...
 
 
-def open_store(url: str) -> RecordStore:
+def open_store(url: str, *, read_only: bool = False) -> RecordStore:
     """`postgresql://...` (or `postgres://`): PostgreSQL; anything else a SQLite file path
-    (``sqlite:///path`` also)."""
+    (``sqlite:///path`` also). `read_only`: a reader's connection (the web app): the schema
+    is neither made nor changed, every write is refused by the database."""
     if url.startswith(("postgresql://", "postgres://")):
         from apis.records.pgstore import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, read_only=read_only)
     from apis.records.sqlitestore import SqliteStore
 
     path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
-    return SqliteStore(path)
+    return SqliteStore(path, read_only=read_only)

@@ -21,7 +21,9 @@ Sweeps: --sweep param=v1,v2,... runs every case (outputs in out/cases/) and writ
 sweep.csv, sweep.md and sweep.png. Parameters: units, seed, days, battery (Wh per unit),
 battery.scale (factor), hwConfig.<key path>, or a policy.json key path such as
 mediator.deal.gridCurrentA. The cases run in parallel processes (--jobs, default one
-per usable CPU); the outputs are the same as one after another (wall-clock figures aside).
+per usable CPU; a worker killed mid-case has its case run again), or on a Dask cluster
+(--scheduler tcp://HOST:PORT); the outputs are the same as one after another (wall-clock
+figures aside).
 """
 
 
@@ -96,6 +98,11 @@ def register(app: typer.Typer) -> None:
             typer.Option("--jobs", "-j", help="Sweep cases run at once (default: one per "
                          "usable CPU; 1: one after another in this process)."),
         ] = None,
+        scheduler: Annotated[
+            str | None,
+            typer.Option("--scheduler", help="Run the sweep's cases on this Dask cluster "
+                         "(its scheduler's address, e.g. tcp://10.0.0.5:8786)."),
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     ) -> None:
         from apis.config.errors import ConfigError
@@ -110,10 +117,14 @@ def register(app: typer.Typer) -> None:
                 start=start or DEFAULT_START, sharing=not no_sharing,
             )
             parsed = parse_sweep(sweep) if sweep else None
+            if scheduler is not None and parsed is None:
+                raise SimError(f"--scheduler = {scheduler!r} without --sweep (a Dask cluster "
+                               "runs the cases of a sweep)")
             with _ProgressBar(settings.start, enabled=not quiet) as bar:
                 if parsed is not None:
                     _cases, files = run_sweep(
-                        settings, parsed[0], parsed[1], out, bar, jobs=jobs
+                        settings, parsed[0], parsed[1], out, bar, jobs=jobs,
+                        scheduler=scheduler,
                     )
                 else:
                     outcome = simulate(settings, out, bar)

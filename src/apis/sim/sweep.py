@@ -13,6 +13,7 @@ table keeps the order of the values given.
 from __future__ import annotations
 
 import csv
+import logging
 import multiprocessing
 import os
 import queue
@@ -31,6 +32,12 @@ from typing import Any
 from apis.config.errors import ConfigError
 from apis.sim.community import SimError, SimSettings
 from apis.sim.simulate import PhaseProgress, simulate
+
+log = logging.getLogger(__name__)
+
+# A case whose worker process dies without a result (killed, out of memory) runs again from
+# the start, this many times in all; a case that fails with an error does not.
+CASE_ATTEMPTS = 3
 
 COLUMNS = (
     ("value", "value"),
@@ -124,12 +131,21 @@ def run_sweep(
     out: Path,
     progress: PhaseProgress | None = None,
     jobs: int | None = None,
+    scheduler: str | None = None,
 ) -> tuple[list[SweepCase], list[Path]]:
     """Every case (full outputs in out/cases/...), then the comparison table and plot.
 
     `jobs`: worker processes (None: one per usable CPU; at most one per case); 1 runs the
-    cases one after another in this process."""
+    cases one after another in this process. `scheduler`: the address of a Dask cluster's
+    scheduler to run the cases on instead (`apis.sim.dasksweep`)."""
     check_jobs(jobs)
+    if scheduler is not None:
+        from apis.sim.dasksweep import check_scheduler
+
+        check_scheduler(scheduler)
+        if jobs is not None:
+            raise SimError(f"--jobs = {jobs} with --scheduler (the Dask cluster's workers "
+                           "run the cases: give one or the other)")
     # Check every case's settings before spending time on the first run.
     cases = [
         _Case(i, value, f"{parameter}={value}", settings.with_override(parameter, value),
@@ -137,7 +153,11 @@ def run_sweep(
         for i, value in enumerate(values)
     ]
     workers = min(jobs if jobs is not None else usable_cpus(), len(cases))
-    if workers <= 1:
+    if scheduler is not None:
+        from apis.sim.dasksweep import run_on_dask
+
+        done = run_on_dask(cases, scheduler, progress)
+    elif workers <= 1:
         done = [_run_here(case, progress) for case in cases]
     else:
         done = _run_in_workers(cases, workers, progress)
@@ -184,6 +204,7 @@ def _run_in_workers(
     waiting = list(cases)
     running: dict[int, BaseProcess] = {}
     exited: set[int] = set()  # running cases whose process was gone at the last look
+    attempts: dict[int, int] = {}
     done: dict[int, SweepCase] = {}
     try:
         while waiting or running:
@@ -198,10 +219,12 @@ def _run_in_workers(
                 )
                 worker.start()
                 running[case.index] = worker
+                attempts[case.index] = attempts.get(case.index, 0) + 1
             try:
                 message = messages.get(timeout=0.5)
             except queue.Empty:
-                _check_exits(cases, running, exited)
+                for index in _died(cases, running, exited, attempts):
+                    waiting.insert(0, cases[index])  # run again, before the others
                 continue
             kind, index, *rest = message
             case = cases[index]
@@ -213,9 +236,9 @@ def _run_in_workers(
                 absolute = case.folder.absolute()
                 files = [case.folder / Path(f).relative_to(absolute) for f in files]
                 done[index] = SweepCase(case.value, summary, run_info, files)
-                running.pop(index).join()
+                _forget(index, running, waiting)
             elif kind == "failed":
-                running.pop(index).join()
+                _forget(index, running, waiting)
                 raise _case_error(case, *rest)
     finally:
         _stop(list(running.values()))
@@ -226,18 +249,44 @@ def _run_in_workers(
     return [done[case.index] for case in cases]
 
 
-def _check_exits(cases: list[_Case], running: dict[int, BaseProcess], exited: set[int]) -> None:
-    """A worker gone without a word (killed): its last messages are in the queue before
-    it exits, so one that stays silent for a whole further wait has died."""
-    for index, worker in running.items():
+def _forget(index: int, running: dict[int, BaseProcess], waiting: list[_Case]) -> None:
+    """The case has its answer: its worker is waited for (a case put back to run again,
+    whose answer came late after all, is taken out again)."""
+    worker = running.pop(index, None)
+    if worker is not None:
+        worker.join()
+    waiting[:] = [case for case in waiting if case.index != index]
+
+
+def _died(
+    cases: list[_Case], running: dict[int, BaseProcess], exited: set[int],
+    attempts: dict[int, int],
+) -> list[int]:
+    """The running cases whose worker died without a word (killed, out of memory): its last
+    messages are in the queue before it exits, so one that stays silent for a whole further
+    wait has died. Each is taken off `running` to be run again from the start (its folder
+    emptied), up to `CASE_ATTEMPTS` times in all; then the sweep fails."""
+    died = []
+    for index, worker in list(running.items()):
         if worker.exitcode is None:
             continue
-        if index in exited:
+        if index not in exited:
+            exited.add(index)
+            continue
+        exited.discard(index)
+        running.pop(index).join()
+        case = cases[index]
+        if attempts[index] >= CASE_ATTEMPTS:
             raise SweepCaseError(
-                f"sweep case {cases[index].label}: its worker process ended without a "
-                f"result (exit code {worker.exitcode})"
+                f"sweep case {case.label}: its worker process ended without a result "
+                f"{attempts[index]} times (last exit code {worker.exitcode})"
             )
-        exited.add(index)
+        log.warning("sweep case %s: its worker process ended without a result (exit code "
+                    "%s); running it again (attempt %d of %d)", case.label, worker.exitcode,
+                    attempts[index] + 1, CASE_ATTEMPTS)
+        shutil.rmtree(case.folder, ignore_errors=True)
+        died.append(index)
+    return died
 
 
 def _case_error(case: _Case, expected: bool, message: str, worker_traceback: str) -> Exception:

@@ -36,6 +36,7 @@ from starlette.responses import StreamingResponse
 from apis.bus.base import Bus
 from apis.httpguard import GuardPolicy, HostNames, guard
 from apis.store.history import HistoryStore
+from apis.web.records import RecordsReader, records_router
 from apis.web.service import (
     GLOBAL_MODES,
     ActionRefused,
@@ -234,11 +235,13 @@ def create_app(
     request_timeout_real_s: float = 3.0,
     allowed_hosts: HostNames | None = None,
     logins: LoginCodes | None = None,
+    records: RecordsReader | None = None,
 ) -> FastAPI:
     """The app for one cluster reached through `bus`. Its lifespan runs the `Operations`
     (subscriptions and periodic refresh); `app.state.ops` is that object. Host and Origin
     must be the server's own or in `allowed_hosts`; `logins` are the one-time codes of login
-    links (`app.state.logins`)."""
+    links (`app.state.logins`); `records`: the records store read under `/api/records`
+    (`apis.web.records`; without it those routes answer 503)."""
     if not token:
         raise ValueError("token must not be empty")
     ops = Operations(bus, world=world, store=store, refresh_real_s=refresh_real_s,
@@ -296,6 +299,16 @@ def create_app(
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/logs", include_in_schema=False)
+    async def logs_page() -> FileResponse:
+        """The log viewer (records store: `--records`)."""
+        return FileResponse(STATIC_DIR / "logs.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/history", include_in_schema=False)
+    async def history_page() -> FileResponse:
+        """Daily energy, deals and availability (records store: `--records`)."""
+        return FileResponse(STATIC_DIR / "history.html", headers={"Cache-Control": "no-cache"})
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/docs", include_in_schema=False)
@@ -309,6 +322,8 @@ def create_app(
         )
 
     # ---- reading -------------------------------------------------------------------------
+
+    app.include_router(records_router(records))
 
     @app.get("/api/cluster", tags=["read"], summary="The compact live view the page shows")
     async def cluster() -> Response:

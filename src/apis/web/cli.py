@@ -23,7 +23,7 @@ TOKEN_ON_COMMAND_LINE = (
 
 async def _serve(bus_url: str | None, bus_config: tuple[BusConfig, Path] | None, host: str,
                  port: int, token: ControlToken, history: str,
-                 allowed_hosts: HostNames) -> None:
+                 allowed_hosts: HostNames, records_url: str | None = None) -> None:
     from apis.bus.nats import NatsBus
     from apis.store.history import HistoryStore
     from apis.web.server import WebServer
@@ -40,20 +40,28 @@ async def _serve(bus_url: str | None, bus_config: tuple[BusConfig, Path] | None,
         assert bus_url is not None
         servers = [s.strip() for s in bus_url.split(",") if s.strip()]
         bus = await NatsBus.connect(servers, name="apis-web")
+    from apis.web.records import RecordsReader
+
     store = HistoryStore(history)
+    records = RecordsReader(records_url) if records_url else None
     try:
         web = WebServer(bus, store=store, host=host, port=port, token=token.value,
-                        allowed_hosts=allowed_hosts)
+                        allowed_hosts=allowed_hosts, records=records)
         async with web.running():
             typer.echo(f"APIS operations UI: {web.url}")
             typer.echo(f"control token: in {token.source}")
             typer.echo(f"one-time login link (works once, within {web.logins.ttl_s:g} s): "
                        f"{web.login_url()}")
             typer.echo(f"API docs: {web.url}docs")
+            if records is not None:
+                typer.echo(f"records ({records.description}, read only): {web.url}logs, "
+                           f"{web.url}history")
             await asyncio.Event().wait()  # until Ctrl-C
     finally:
         await bus.close()
         store.close()
+        if records is not None:
+            records.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -79,6 +87,9 @@ def register(app: typer.Typer) -> None:
             "other Host or Origin are refused.")] = None,
         history: str = typer.Option(":memory:", "--history",
                                     help="SQLite file for deal/error/mode history."),
+        records: str | None = typer.Option(
+            None, "--records", help="The store of `apis records` (SQLite file or "
+            "postgresql:// URL), read only: log viewer, history page, /api/records."),
     ) -> None:
         """Serve the operations web UI and API for a cluster on a NATS bus."""
         if token is not None:
@@ -106,7 +117,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"apis web: control token: {e}", err=True)
             raise typer.Exit(2) from None
         try:
-            asyncio.run(_serve(bus, secured, host, port, control, history, names))
+            asyncio.run(_serve(bus, secured, host, port, control, history, names, records))
         except KeyboardInterrupt:
             typer.echo("stopped")
         except (OSError, BusError) as e:

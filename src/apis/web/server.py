@@ -26,6 +26,7 @@ from apis.httpguard import HostNames
 from apis.listening import CommandServer, bind_listener
 from apis.store.history import HistoryStore
 from apis.web.app import create_app
+from apis.web.records import RecordsReader
 from apis.web.service import Operations, loop_seconds
 from apis.web.token import LoginCodes, new_token
 
@@ -51,6 +52,7 @@ class WebServer:
         refresh_real_s: float = 1.0,
         log_level: str = "warning",
         allowed_hosts: HostNames | None = None,
+        records: RecordsReader | None = None,
     ) -> None:
         self.token = token or new_token()
         self.host = host
@@ -59,7 +61,7 @@ class WebServer:
         self.logins = LoginCodes()
         self.app = create_app(bus, token=self.token, world=world, store=store,
                               refresh_real_s=refresh_real_s, allowed_hosts=allowed_hosts,
-                              logins=self.logins)
+                              logins=self.logins, records=records)
         self.server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 

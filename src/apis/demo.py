@@ -4,10 +4,11 @@ Every unit runs the full node software (Controller, User, Mediator, Grid Master)
 in-memory bus; the emulator supplies batteries, converters and the DC grid. Time runs
 `--speed` times faster than real time.
 
-The operations records build up as the demo runs: every unit's log lines, every deal version
-and the units' data (records.inprocess, the checks and store of `apis records`), in a SQLite
-file (`--records FILE`; by default one in the demo's temporary folder, gone at the end), on
-the simulated clock.
+The operations records build up as the demo runs: every unit's log lines, every deal version,
+the units' data and the figures derived from them (records.inprocess, the checks, store and
+figures of `apis records`), in a SQLite file (`--records FILE`; by default one in the demo's
+temporary folder, gone at the end), on the simulated clock, whose days are this machine's
+local days; the web UI reads them (`/logs`, `/history`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.console import Console, Group
@@ -40,6 +43,9 @@ from apis.unit.deal import Deal
 
 if TYPE_CHECKING:
     from apis.records.inprocess import InProcessRecorder
+
+# A pass of the derived figures every this many simulated seconds (and at the end).
+FIGURES_EVERY_S = 600.0
 
 # Starting charge levels, cycled over the units: some have plenty, some need energy.
 DEMO_RSOC = (88.0, 30.0, 62.0, 45.0, 75.0, 35.0)
@@ -175,6 +181,7 @@ def summary(state: DemoState, console: Console) -> None:
 class WebOptions:
     host: str = "127.0.0.1"
     port: int = 8080
+    records: str | None = None  # the records store the UI reads (/logs, /history)
 
 
 async def run_demo(state: DemoState, duration_s: float | None, refresh_s: float,
@@ -204,10 +211,12 @@ async def _web_ui(
     if options is None:
         yield
         return
+    from apis.web.records import RecordsReader
     from apis.web.server import WebServer  # the web layer is optional for the demo
 
+    records = RecordsReader(options.records) if options.records is not None else None
     server = WebServer(state.cluster.connect("web"), world=state.world,
-                       host=options.host, port=options.port)
+                       host=options.host, port=options.port, records=records)
     try:
         await server.start()
     except OSError as e:
@@ -218,10 +227,15 @@ async def _web_ui(
     # A one-time login link: the page trades its code for the control token, which is never
     # printed (the address alone opens the page read only).
     console.print(f"operations UI: {server.login_url()} (one-time login link)", soft_wrap=True)
+    if records is not None:
+        console.print(f"records: {server.url}logs (log viewer), {server.url}history",
+                      soft_wrap=True)
     try:
         yield
     finally:
         await server.stop()
+        if records is not None:
+            await asyncio.get_running_loop().run_in_executor(None, records.close)
 
 
 class _NoLive:
@@ -300,13 +314,14 @@ def register(app: typer.Typer) -> None:
                 cluster_config, seed=seed, deal_log_tmpdir=str(Path(tmp) / "logs"),
                 label_handlers=True,
             )
-            recorder = _recorder(cluster, world, records or Path(tmp) / "records.sqlite")
+            records_path = records or Path(tmp) / "records.sqlite"
+            recorder = _recorder(cluster, world, records_path)
             kept = "" if records is not None else " (gone at the end; --records FILE keeps it)"
             console.print(f"records: {recorder.store.description}{kept}", soft_wrap=True)
             state = DemoState(world, cluster)
             refresh_s = max(0.25 * speed, 1.0)  # about four screen updates per real second
             try:
-                web_options = WebOptions(host, port) if web else None
+                web_options = WebOptions(host, port, str(records_path)) if web else None
                 clock.run(run_demo(state, duration_s, refresh_s, console, live, web_options,
                                    recorder),
                           "scaled", speed)
@@ -323,4 +338,23 @@ def _recorder(cluster: InProcessCluster, world: World, path: Path) -> InProcessR
         store = open_store(str(path))
     except StoreError as e:
         raise typer.BadParameter(f"--records = {path}: {e}") from None
-    return InProcessRecorder(cluster, store, clock=lambda: world.now().timestamp())
+    return InProcessRecorder(cluster, store, clock=lambda: world.now().timestamp(),
+                             figures_every_s=FIGURES_EVERY_S, time_zone=local_time_zone())
+
+
+def local_time_zone() -> str:
+    """The IANA name of this machine's time zone ($TZ if set, else what /etc/localtime links
+    to), else UTC: the simulated calendar is local time, and its days are the figures'."""
+    tz = os.environ.get("TZ")
+    if tz is not None:
+        name = tz.removeprefix(":")
+    else:
+        target = os.path.realpath("/etc/localtime")
+        name = target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else ""
+    if name:
+        try:
+            ZoneInfo(name)
+            return name
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return "UTC"  # a POSIX rule such as JST-9, or no zone to be found

@@ -15,6 +15,7 @@ from apis.bus.base import JSON, Message
 from apis.bus.memory import MemoryHub, cancel_and_wait
 from apis.emulator import World
 from apis.emulator.driver import EmulatedDriver
+from apis.records import queries
 from apis.records.inprocess import InProcessRecorder
 from apis.records.sampler import Sampler
 from apis.records.store import open_store
@@ -40,7 +41,8 @@ def test_lines_deals_and_unit_data_of_an_in_process_cluster(tmp_path: Path) -> N
     store_path = tmp_path / "records.sqlite"
     recorder = InProcessRecorder(cluster, open_store(str(store_path)),
                                  clock=lambda: world.now().timestamp(),
-                                 unit_data_period_s=PERIOD_S)
+                                 unit_data_period_s=PERIOD_S, figures_every_s=600.0,
+                                 time_zone="Asia/Tokyo")
 
     async def main() -> tuple[str, float]:
         async with recorder.recording(), cluster.running():
@@ -72,6 +74,12 @@ def test_lines_deals_and_unit_data_of_an_in_process_cluster(tmp_path: Path) -> N
                                "deal_id = ? ORDER BY revision", (deal_id,))
         samples = store.query("SELECT unit_id, sampled_at, rsoc, converter_mode FROM unit_data")
         rejected = store.query("SELECT reason FROM rejected")
+        summary = store.query("SELECT charge_unit_id, discharge_unit_id, completed_at, "
+                              "charged_wh, discharged_wh FROM deal_summaries "
+                              "WHERE deal_id = ?", (deal_id,))
+        hours = store.query("SELECT unit_id, SUM(charged_wh), SUM(discharged_wh), "
+                            "SUM(samples) FROM unit_hours GROUP BY unit_id ORDER BY unit_id")
+        zone = queries.time_zone(store)
     finally:
         store.close()
     assert rejected == []
@@ -118,6 +126,20 @@ def test_lines_deals_and_unit_data_of_an_in_process_cluster(tmp_path: Path) -> N
     assert {unit for unit, *_ in samples} == set(UNITS)
     assert all(at % PERIOD_S == 0 and START.timestamp() <= at <= end for _, at, _, _ in samples)
     assert all(rsoc is not None and mode for _, _, rsoc, mode in samples)
+    # the derived figures, computed on the cluster's clock up to the end
+    assert len(summary) == 1 and summary[0][:2] == ("E002", "E001"), summary
+    assert summary[0][2] is not None and abs(summary[0][3] - 50) <= 0.25, summary
+    assert [u for u, *_ in hours] == UNITS
+    by_unit = {u: (charged, discharged, n) for u, charged, discharged, n in hours}
+    # into E002's battery the deal's amount; out of E001's that and the converters' losses
+    assert abs(by_unit["E002"][0] - summary[0][3]) < 0.01
+    assert abs(by_unit["E001"][1] - summary[0][4]) < 0.01 and 50 < summary[0][4] < 65
+    assert by_unit["E003"][:2] == by_unit["E004"][:2] == (0, 0)
+    # every sample counted, but those within a period of the end (past the figures' horizon)
+    horizon = end - PERIOD_S - 5
+    assert all(n == sum(1 for u, at, *_ in samples if u == unit and at <= horizon)
+               for unit, (_, _, n) in by_unit.items()), (by_unit, len(samples))
+    assert zone == "Asia/Tokyo", zone
 
 
 def test_lines_of_no_unit_are_not_kept_and_the_level_is_restored(tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ receiver's checks (records.inbound) into a `RecordStore`.
   give the revision of a delete); its last version (deactivated or scrammed) is.
 - Unit data: the receiver's sampler (the Grid Master's `data.all`, else each unit's data),
   every `unit_data_period_s` of the cluster's clock, aligned to it.
+- With `figures_every_s`: the derived figures (records.figures), a pass every that many
+  seconds of the cluster's clock on the store's thread, and passes at the end until they
+  have caught up with what was committed.
 
 Times (a line's, `sampled_at`, `reported_at`, `stored_at`) are the cluster's clock: for the
 demo the emulated world's, so the records read as the simulated days they describe. Rows
@@ -36,6 +39,7 @@ from apis.bus.base import BusError
 from apis.bus.memory import cancel_and_wait
 from apis.records.actionlog import ActionLogFormatter
 from apis.records.buslog import log_subject
+from apis.records.figures import FigureSettings, compute_pass
 from apis.records.inbound import (
     DEAL_ID,
     DEALS_PREFIX,
@@ -48,7 +52,7 @@ from apis.records.inbound import (
 )
 from apis.records.pending import PendingRows
 from apis.records.sampler import Sampler
-from apis.records.store import RecordStore, RejectRow, Row
+from apis.records.store import RecordStore, RejectRow, Row, StoreError
 from apis.unit.cluster import CURRENT_UNIT, InProcessCluster
 from apis.unit.registry import DEALS_BUCKET
 
@@ -60,7 +64,14 @@ COMMIT_LINGER_S = 5.0
 class InProcessRecorder:
     def __init__(self, cluster: InProcessCluster, store: RecordStore, *,
                  clock: Callable[[], float], unit_data_period_s: float = 60.0,
-                 level: int = logging.INFO) -> None:
+                 level: int = logging.INFO, figures_every_s: float | None = None,
+                 time_zone: str = "UTC") -> None:
+        """`time_zone`: where the figures' days begin (an IANA name; ValueError if not)."""
+        self.figures = (
+            FigureSettings(period_s=unit_data_period_s, time_zone=time_zone,
+                           every_s=figures_every_s)
+            if figures_every_s is not None else None
+        )
         self.cluster = cluster
         self.store = store
         self.clock = clock
@@ -140,6 +151,29 @@ class InProcessRecorder:
             return False
         return self.pending.add(row)
 
+    # ---- derived figures ---------------------------------------------------------------
+
+    async def _figure_passes(self) -> None:
+        """Passes until caught up with the cluster's clock (a pass covers at most a day)."""
+        assert self.figures is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            result = await loop.run_in_executor(self._executor, compute_pass, self.store,
+                                                self.clock(), self.figures)
+            if result.caught_up:
+                return
+
+    async def _run_figures(self) -> None:
+        assert self.figures is not None
+        while True:
+            await asyncio.sleep(self.figures.every_s)
+            try:
+                await self._figure_passes()
+            except StoreError as exc:
+                log.error("records: figures not computed this time: %s", exc)
+            except Exception:  # a fault of ours: the records go on all the same
+                log.exception("records: figures not computed this time")
+
     # ---- life --------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -158,6 +192,8 @@ class InProcessRecorder:
             asyncio.create_task(self._watch_deals(), name="records: deal versions"),
             asyncio.create_task(self.sampler.run(), name="records: sampler"),
         ]
+        if self.figures is not None:
+            tasks.append(asyncio.create_task(self._run_figures(), name="records: figures"))
         for task in tasks:
             task.add_done_callback(_say_failure)
         try:
@@ -169,6 +205,11 @@ class InProcessRecorder:
             # flush (after it, on the same thread): rows are insert-or-ignore by their keys
             await cancel_and_wait(tasks)
             await self.pending.flush()
+            if self.figures is not None:  # of everything committed
+                try:
+                    await self._figure_passes()
+                except Exception as exc:
+                    log.error("records: figures at the end not computed: %r", exc)
             with contextlib.suppress(BusError):
                 await self.bus.close()
             loop = asyncio.get_running_loop()

@@ -87,3 +87,36 @@ def test_sharing_beats_no_sharing_for_the_default_community() -> None:
     assert outcome.summary["deals"]["completed"] >= 1
     assert comparison["self_sufficiency_gain"] > 0, comparison
     assert comparison["bought_saved_wh"] > 0
+
+
+def test_a_plan_sweep_runs_through_the_command_group(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, [
+        "sim", "--units", "3", "--days", "0.5", "--fidelity", "plan",
+        "--sweep", "seed=1,2", "--jobs", "1", "--out", str(out), "-q",
+    ])
+    assert result.exit_code == 0, result.output
+    with (out / "sweep.csv").open() as f:
+        assert [r["seed"] for r in csv.DictReader(f)] == ["1", "2"]
+    for seed in (1, 2):
+        summary = json.loads((out / "cases" / f"seed={seed}" / "summary.json").read_text())
+        assert summary["settings"]["fidelity"] == "plan"
+        assert summary["settings"]["seed"] == seed
+
+
+def test_scheduler_refusals_name_the_options(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    result = runner.invoke(app, ["sim", "--units", "3", "--scheduler", "tcp://127.0.0.1:1",
+                                 "--out", str(out), "-q"])
+    assert result.exit_code == 2
+    assert "--scheduler = 'tcp://127.0.0.1:1' without --sweep" in result.output
+    result = runner.invoke(app, ["sim", "--units", "3", "--fidelity", "plan", "--sweep",
+                                 "seed=1,2", "--jobs", "2", "--scheduler",
+                                 "tcp://127.0.0.1:1", "--out", str(out), "-q"])
+    assert result.exit_code == 2
+    assert "--jobs = 2 with --scheduler" in result.output
+    result = runner.invoke(app, ["sim", "--sweep", "seed=1,2", "--scheduler", "127.0.0.1:1",
+                                 "--out", str(out), "-q"])
+    assert result.exit_code == 2
+    assert "--scheduler = '127.0.0.1:1' (must be a Dask scheduler address" in result.output
+    assert not out.exists()

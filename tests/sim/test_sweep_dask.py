@@ -1,10 +1,11 @@
 """Sweeps on a real Dask cluster (`apis sim --sweep ... --scheduler tcp://...`): a scheduler and
 two workers started here on 127.0.0.1 as separate processes (`python -m dask scheduler|worker`);
 the comparison table and every case's files as in a serial sweep; a worker killed mid-case
-has its case run again on the other."""
+has its case run again on the other; a sweep of the planning fidelity as well."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -123,6 +124,26 @@ def test_a_sweep_on_dask_writes_what_a_serial_sweep_writes(
     assert sorted(seen) == sorted(f"{PARAMETER}={v} done" for v in VALUES)
     ran = _files(tmp_path)
     assert "sweep.md" in ran and f"cases/{PARAMETER}=2/summary.json" in ran
+    _same_outputs(serial, ran)
+
+
+# The planning fidelity: a case is a few seconds, so a whole day with a seed sweep.
+PLAN_SETTINGS = dataclasses.replace(SETTINGS, days=1.0, start=datetime(2020, 1, 1),
+                                    fidelity="plan", sample_interval_s=900.0)
+
+
+@pytest.mark.timeout(600)
+def test_a_plan_sweep_on_dask_writes_what_a_serial_plan_sweep_writes(
+    tmp_path: Path, dask_cluster: DaskCluster
+) -> None:
+    run_sweep(PLAN_SETTINGS, "seed", ["5", "6"], tmp_path / "serial", jobs=1)
+    run_sweep(PLAN_SETTINGS, "seed", ["5", "6"], tmp_path / "dask",
+              scheduler=dask_cluster.address)
+    serial, ran = _files(tmp_path / "serial"), _files(tmp_path / "dask")
+    for seed in ("5", "6"):
+        summary = json.loads(ran[f"cases/seed={seed}/summary.json"])
+        assert summary["settings"]["fidelity"] == "plan"
+        assert summary["settings"]["seed"] == int(seed)
     _same_outputs(serial, ran)
 
 

@@ -11,6 +11,11 @@ computation. Nothing in the unit code is changed for it.
   all wait) and the DeviceDriver each unit sees;
 - `recorder`: per-minute samples; `run`: one run (sharing on, or the world-only baseline);
 - `summary`: the key figures; `report`: summary.json, CSVs, plots, report.html;
-- `simulate`: a run with its baseline and outputs; `sweep`: one parameter over many values;
-- `cli`: `apis sim`.
+- `simulate`: a run with its baseline and outputs; `sweep`: one parameter over many values
+  (in worker processes), `dasksweep`: the same on a Dask cluster;
+- `plan`: the planning fidelity (the same community without the control loops, for months
+  and years), with `plantables` (the users' decisions tabulated as a screen) and
+  `planoutput` (units.csv and deals.csv streamed, deal figures tallied);
+- `validate`: both fidelities on the same communities, compared;
+- `cli`: `apis sim` and `apis sim validate`.
 """

@@ -24,6 +24,11 @@ mediator.deal.gridCurrentA. The cases run in parallel processes (--jobs, default
 per usable CPU; a worker killed mid-case has its case run again), or on a Dask cluster
 (--scheduler tcp://HOST:PORT); the outputs are the same as one after another (wall-clock
 figures aside).
+
+--fidelity plan: the planning model instead of the unit software (the same houses,
+batteries, converter and grid models and decision functions, without the control loops):
+a year of 20 units in about a minute; with --sweep, for every case (locally or on
+--scheduler). apis sim validate compares the two fidelities.
 """
 
 
@@ -72,9 +77,14 @@ class _ProgressBar:
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the `apis` app."""
+    sim_app = typer.Typer(help=SIM_HELP, invoke_without_command=True,
+                          context_settings={"help_option_names": ["--help", "-h"]})
+    app.add_typer(sim_app, name="sim")
+    _register_validate(sim_app)
 
-    @app.command("sim", help=SIM_HELP)
+    @sim_app.callback()
     def sim(
+        ctx: typer.Context,
         config: Annotated[
             Path | None, typer.Option("--config", help="Cluster directory (default: built-in).")
         ] = None,
@@ -104,17 +114,54 @@ def register(app: typer.Typer) -> None:
                          "(its scheduler's address, e.g. tcp://10.0.0.5:8786)."),
         ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+        fidelity: Annotated[
+            str, typer.Option("--fidelity", help="faithful (the real unit code) or plan (the "
+                              "planning model: a year in about a minute).")
+        ] = "faithful",
+        sample_interval: Annotated[
+            float | None,
+            typer.Option("--sample-interval", help="Seconds per units.csv row (default 60; "
+                         "plan: 900)."),
+        ] = None,
+        latency_live: Annotated[
+            float | None, typer.Option("--plan-latency-live", help="Plan: seconds from a deal's "
+                                       "creation to its current on a live grid (default 5).")
+        ] = None,
+        latency_dark: Annotated[
+            float | None, typer.Option("--plan-latency-dark", help="Plan: the same on a dark "
+                                       "grid (default 13).")
+        ] = None,
     ) -> None:
+        if ctx.invoked_subcommand is not None:
+            return
+        import dataclasses
+
         from apis.config.errors import ConfigError
-        from apis.sim.community import DEFAULT_START, SimError, SimSettings, parse_sweep
+        from apis.sim.community import (
+            DEFAULT_START,
+            PLAN_SAMPLE_INTERVAL_S,
+            SAMPLE_INTERVAL_S,
+            PlanParameters,
+            SimError,
+            SimSettings,
+            parse_sweep,
+        )
         from apis.sim.simulate import simulate
         from apis.sim.sweep import check_jobs, run_sweep
 
         try:
             check_jobs(jobs)
+            plan = PlanParameters()
+            if latency_live is not None:
+                plan = dataclasses.replace(plan, latency_live_s=latency_live)
+            if latency_dark is not None:
+                plan = dataclasses.replace(plan, latency_dark_s=latency_dark)
+            interval = sample_interval if sample_interval is not None else (
+                PLAN_SAMPLE_INTERVAL_S if fidelity == "plan" else SAMPLE_INTERVAL_S)
             settings = SimSettings(
                 config_dir=config, units=units, days=days, seed=seed,
-                start=start or DEFAULT_START, sharing=not no_sharing,
+                start=start or DEFAULT_START, sharing=not no_sharing, fidelity=fidelity,
+                plan=plan, sample_interval_s=interval,
             )
             parsed = parse_sweep(sweep) if sweep else None
             if scheduler is not None and parsed is None:
@@ -159,3 +206,29 @@ def _print_outcome(summary: dict[str, Any], info: dict[str, Any], out: Path) -> 
     if records.get("ERROR") or records.get("CRITICAL"):
         typer.echo(f"  unit log: {records} (see {out / 'sim.log'})")
     typer.echo(f"wrote {out / 'report.html'}")
+
+
+def _register_validate(sim_app: typer.Typer) -> None:
+    @sim_app.command("validate")
+    def validate(
+        units: Annotated[int, typer.Option("--units", "-n", min=1, help="Generated units.")] = 20,
+        days: Annotated[float, typer.Option(min=0.001, help="Simulated days per seed.")] = 2.0,
+        seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..K-1.")] = 5,
+        start: Annotated[
+            datetime | None, typer.Option(help="Calendar start (default 2020-01-01).")
+        ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ) -> None:
+        """Run both fidelities on the same communities and seeds; print the differences."""
+        from apis.sim.community import DEFAULT_START, SimError
+        from apis.sim.validate import validate as run_validation
+
+        try:
+            with _ProgressBar(start or DEFAULT_START, enabled=not quiet) as bar:
+                result = run_validation(units, days, seeds, start, bar)
+        except SimError as error:
+            typer.echo(f"apis sim validate: {error}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(result.table())
+        if not result.passed:
+            raise typer.Exit(1)

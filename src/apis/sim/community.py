@@ -43,8 +43,38 @@ DEFAULT_START = EMULATOR_START  # 2020-01-01, as the emulator
 SAMPLE_INTERVAL_S = 60.0
 
 
+FIDELITIES = ("faithful", "plan")
+PLAN_SAMPLE_INTERVAL_S = 900.0  # the planning fidelity's default: a metering interval
+
+
 class SimError(ValueError):
     """A simulation cannot be set up as asked; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class PlanParameters:
+    """The planning fidelity's own settings (`apis.sim.plan`).
+
+    The latencies are from deal creation to the start of its current, as faithful runs
+    measure them (`apis sim validate` prints the measured ones): on a grid already
+    energised the Grid Master activates a deal at its next main-loop pass; on a dark grid a
+    voltage reference must first soft-start and be authorised."""
+
+    step_s: float = 60.0
+    latency_live_s: float = 5.0
+    latency_dark_s: float = 13.0
+
+    def __post_init__(self) -> None:
+        if not self.step_s > 0:
+            raise SimError(f"plan step = {self.step_s} s (must be > 0)")
+        for name in ("latency_live_s", "latency_dark_s"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise SimError(f"plan {name} = {value} (must be >= 0)")
+
+    def to_json(self) -> dict[str, float]:
+        return {"step_s": self.step_s, "latency_live_s": self.latency_live_s,
+                "latency_dark_s": self.latency_dark_s}
 
 
 @dataclass(frozen=True)
@@ -60,18 +90,25 @@ class SimSettings:
     quiet_step_s: float = 10.0
     sample_interval_s: float = SAMPLE_INTERVAL_S
     converter: ConverterModel = field(default=RESPONSIVE_CONVERTER)
+    fidelity: str = "faithful"  # or "plan" (see FIDELITIES)
+    plan: PlanParameters = field(default_factory=PlanParameters)
 
     def __post_init__(self) -> None:
+        if self.fidelity not in FIDELITIES:
+            raise SimError(f"--fidelity = {self.fidelity!r} (must be one of "
+                           f"{', '.join(FIDELITIES)})")
         if self.days <= 0:
             raise SimError(f"--days = {self.days} (must be > 0)")
         if self.units is not None and self.units < 1:
             raise SimError(f"--units = {self.units} (must be >= 1)")
         if self.config_dir is not None and self.units is not None:
             raise SimError("--config and --units (give one or neither)")
-        if self.sample_interval_s <= 0 or self.sample_interval_s % self.quiet_step_s:
+        step, name = ((self.plan.step_s, "plan step") if self.fidelity == "plan"
+                      else (self.quiet_step_s, "quiet step"))
+        if self.sample_interval_s <= 0 or self.sample_interval_s % step:
             raise SimError(
                 f"sample interval = {self.sample_interval_s} s (must be a positive multiple "
-                f"of the quiet step {self.quiet_step_s} s)"
+                f"of the {name} {step} s)"
             )
 
     @property

@@ -21,6 +21,7 @@ import numpy as np
 from apis.sim.recorder import ENERGY_COLUMNS
 from apis.sim.run import RunResult
 from apis.sim.summary import (
+    AnyResult,
     deal_delivered_wh,
     deal_loss_wh,
     deal_outcome,
@@ -29,13 +30,13 @@ from apis.sim.summary import (
 
 UNITS_COLUMNS = (
     "time", "unit", "rsoc_pct", "battery_wh", "pv_w", "load_w", "converter_w",
-    *(name for name, _ in ENERGY_COLUMNS),
+    *(name for name, _ in ENERGY_COLUMNS), "fidelity",
 )
 DEALS_COLUMNS = (
     "deal_id", "request_unit", "accept_unit", "charge_unit", "discharge_unit", "type",
     "grid_current_a", "created", "activated", "started", "stopped", "deactivated",
     "deal_amount_wh", "delivered_wh", "charge_unit_wh", "discharge_unit_wh", "loss_wh",
-    "overshoot_wh", "outcome", "reason",
+    "overshoot_wh", "outcome", "reason", "fidelity",
 )
 PLOTS = {
     "rsoc.png": "State of charge of every unit",
@@ -43,6 +44,9 @@ PLOTS = {
     "grid_voltage.png": "DC grid voltage",
     "import_export.png": "Per-unit DC grid import and export, and utility purchases",
 }
+
+
+FAITHFUL = "faithful"
 
 
 def _num(value: float) -> str:
@@ -75,6 +79,7 @@ def write_units_csv(path: Path, result: RunResult) -> None:
                     _num(arrays["pv_wh"][k, i] / hours), _num(arrays["load_wh"][k, i] / hours),
                     _num(grid_net / hours),
                     *(_num(arrays[name][k, i]) for name, _ in ENERGY_COLUMNS),
+                    FAITHFUL,
                 ])
 
 
@@ -99,14 +104,14 @@ def write_deals_csv(path: Path, result: RunResult) -> None:
                 d.activate_date_time, d.start_date_time, d.stop_date_time,
                 d.deactivate_date_time, float(d.deal_amount_wh), deal_delivered_wh(d),
                 d.charge_unit_cumulate_amount_wh, d.discharge_unit_cumulate_amount_wh,
-                deal_loss_wh(d), deal_overshoot_wh(d), outcome, reason,
+                deal_loss_wh(d), deal_overshoot_wh(d), outcome, reason, FAITHFUL,
             )])
 
 
 # ---- plots ---------------------------------------------------------------------------------
 
 
-def write_plots(directory: Path, result: RunResult, summary: dict[str, Any]) -> list[Path]:
+def write_plots(directory: Path, result: AnyResult, summary: dict[str, Any]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,8 +120,10 @@ def write_plots(directory: Path, result: RunResult, summary: dict[str, Any]) -> 
     s = result.samples
     hours = np.asarray(s.times_s) / 3600.0
     written = []
+    fidelity = result.settings.fidelity
 
     def save(fig: Any, name: str) -> None:
+        fig.axes[0].set_title(f"{PLOTS[name]} ({fidelity} fidelity)")
         fig.tight_layout()
         path = directory / name
         fig.savefig(path, dpi=90)
@@ -242,12 +249,15 @@ def write_html(path: Path, summary: dict[str, Any], plots: Sequence[Path]) -> No
     com = summary["community"]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>APIS simulation report</title>",
+        f"<title>APIS simulation report ({html.escape(s['fidelity'])} fidelity)</title>",
         f"<style>{_CSS}</style></head><body>",
-        "<h1>APIS simulation report</h1>",
+        f"<h1>APIS simulation report ({html.escape(s['fidelity'])} fidelity)</h1>",
         f"<p>{html.escape(s['community'])}: {s['units']} units, {s['days']:g} day(s) from "
         f"{html.escape(s['start'])}, seed {s['seed']}, sharing "
-        f"{'on' if s['sharing'] else 'off'}"
+        f"{'on' if s['sharing'] else 'off'}, {html.escape(s['fidelity'])} fidelity"
+        + (f" (step {s['plan']['step_s']:g} s, control latency {s['plan']['latency_live_s']:g} s"
+           f" on a live grid, {s['plan']['latency_dark_s']:g} s on a dark one)"
+           if "plan" in s else "")
         + (f", overrides {html.escape(json.dumps(s['overrides']))}" if s["overrides"] else "")
         + ".</p>",
         "<h2>Key figures</h2>",
@@ -314,16 +324,20 @@ def write_html(path: Path, summary: dict[str, Any], plots: Sequence[Path]) -> No
 
 def write_outputs(
     directory: Path,
-    result: RunResult,
+    result: AnyResult,
     summary: dict[str, Any],
     run_info: dict[str, Any],
 ) -> list[Path]:
-    """Every output file of one run into `directory` (created); returns the files."""
+    """Every output file of one run into `directory` (created); returns the files. A
+    planning run has streamed its units.csv and deals.csv there already."""
     directory.mkdir(parents=True, exist_ok=True)
     files = [directory / "summary.json", directory / "units.csv", directory / "deals.csv"]
     write_json(files[0], summary)
-    write_units_csv(files[1], result)
-    write_deals_csv(files[2], result)
+    if isinstance(result, RunResult):
+        write_units_csv(files[1], result)
+        write_deals_csv(files[2], result)
+    elif set(result.files) != set(files[1:]):
+        raise ValueError(f"planning run streamed {result.files}, not into {directory}")
     plots = write_plots(directory, result, summary)
     html_path = directory / "report.html"
     write_html(html_path, summary, plots)

@@ -19,9 +19,10 @@ from typing import Any
 from apis import __version__
 from apis.config.loader import Cluster
 from apis.sim.community import SimSettings, community
+from apis.sim.plan import run_plan
 from apis.sim.report import write_outputs
-from apis.sim.run import Progress, RunResult, run
-from apis.sim.summary import summarize
+from apis.sim.run import Progress, run
+from apis.sim.summary import AnyResult, summarize
 
 # Told (phase, simulated seconds done, simulated seconds of the phase).
 PhaseProgress = Callable[[str, float, float], None]
@@ -31,8 +32,8 @@ PhaseProgress = Callable[[str, float, float], None]
 class SimOutcome:
     summary: dict[str, Any]
     run_info: dict[str, Any]
-    result: RunResult
-    baseline: RunResult | None
+    result: AnyResult
+    baseline: AnyResult | None
     files: list[Path]
 
 
@@ -60,19 +61,24 @@ def _simulate(
     settings: SimSettings, cluster: Cluster, out: Path | None, progress: PhaseProgress | None
 ) -> SimOutcome:
     total = settings.duration_s
+    plan = settings.fidelity == "plan"
+
+    def one(s: SimSettings, phase: str, main: bool) -> AnyResult:
+        told = _phase(progress, phase, total)
+        if plan:  # the main run streams its CSV files into `out`
+            return run_plan(s, cluster, told, out if main else None)
+        return run(s, cluster, told)
+
+    baseline: AnyResult | None = None
     if settings.sharing:
-        result = run(settings, cluster, _phase(progress, "sharing", total))
-        baseline: RunResult | None = run(
-            dataclasses.replace(settings, sharing=False),
-            cluster,
-            _phase(progress, "baseline", total),
-        )
+        result = one(settings, "sharing", True)
+        baseline = one(dataclasses.replace(settings, sharing=False), "baseline", False)
     else:
-        result = run(settings, cluster, _phase(progress, "no sharing", total))
-        baseline = None
+        result = one(settings, "no sharing", True)
     summary = summarize(result, baseline)
     run_info = {
         "apis_version": __version__,
+        "fidelity": settings.fidelity,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "units": len(result.unit_ids),

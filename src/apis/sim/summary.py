@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from apis.hardware.driver import APIS_TIME_FORMAT
+from apis.sim.plan import PlanResult
 from apis.sim.run import RunResult
 from apis.unit.deal import NOT_APPLICABLE, Deal
 
@@ -82,10 +83,16 @@ def _difference(value: float, scale: float) -> float:
     return 0.0 if abs(value) <= 1e-9 * max(scale, 1.0) else _f(value)
 
 
-def community_figures(result: RunResult) -> dict[str, Any]:
+AnyResult = RunResult | PlanResult  # a faithful run or a planning run
+
+
+def community_figures(result: AnyResult) -> dict[str, Any]:
     c = {name: float(np.sum(value)) for name, value in result.end_counters.items()}
     start = float(np.sum(result.start_battery_wh))
-    end = float(np.sum(result.samples.battery_wh[-1])) if len(result.samples) else start
+    if isinstance(result, PlanResult):
+        end = float(np.sum(result.end_battery_wh))
+    else:
+        end = float(np.sum(result.samples.battery_wh[-1])) if len(result.samples) else start
     load = c["load_wh"]
     return {
         "pv_wh": _f(c["pv_wh"]),
@@ -103,7 +110,7 @@ def community_figures(result: RunResult) -> dict[str, Any]:
     }
 
 
-def loss_figures(result: RunResult) -> dict[str, float]:
+def loss_figures(result: AnyResult) -> dict[str, float]:
     total_converter = float(np.sum(result.end_counters["converter_loss_wh"]))
     standby = result.standby_loss_w * len(result.unit_ids) * result.simulated_s / 3600.0
     control = result.active_loss_w * float(np.sum(result.switching_s)) / 3600.0
@@ -141,8 +148,10 @@ def deal_figures(deals: list[Deal]) -> dict[str, Any]:
     }
 
 
-def shared_per_day(result: RunResult) -> dict[str, float]:
+def shared_per_day(result: AnyResult) -> dict[str, float]:
     """Energy delivered by deals, per calendar day of the run (every day listed)."""
+    if isinstance(result, PlanResult):
+        return result.tally.shared_per_day(result.simulated_s)
     start = result.settings.start.date()
     days = {
         (start.toordinal() + k): 0.0
@@ -156,7 +165,7 @@ def shared_per_day(result: RunResult) -> dict[str, float]:
     return {k: _f(v) for k, v in sorted(out.items())}
 
 
-def balance(result: RunResult) -> dict[str, float]:
+def balance(result: AnyResult) -> dict[str, float]:
     com = community_figures(result)
     losses = loss_figures(result)
     energy_in = com["pv_wh"] + com["bought_wh"]
@@ -170,14 +179,19 @@ def balance(result: RunResult) -> dict[str, float]:
     }
 
 
-def per_unit(result: RunResult) -> list[dict[str, Any]]:
+def per_unit(result: AnyResult) -> list[dict[str, Any]]:
     c = result.end_counters
     roles: dict[str, dict[str, int]] = {u: {"charge": 0, "discharge": 0} for u in result.unit_ids}
-    for deal in result.deals:
-        if deal.charge_unit_id in roles:
-            roles[deal.charge_unit_id]["charge"] += 1
-        if deal.discharge_unit_id in roles:
-            roles[deal.discharge_unit_id]["discharge"] += 1
+    if isinstance(result, PlanResult):
+        for i, unit in enumerate(result.unit_ids):
+            roles[unit] = {"charge": result.tally.charging[i],
+                           "discharge": result.tally.discharging[i]}
+    else:
+        for deal in result.deals:
+            if deal.charge_unit_id in roles:
+                roles[deal.charge_unit_id]["charge"] += 1
+            if deal.discharge_unit_id in roles:
+                roles[deal.discharge_unit_id]["discharge"] += 1
     rows = []
     for i, unit in enumerate(result.unit_ids):
         load = float(c["load_wh"][i])
@@ -199,7 +213,7 @@ def per_unit(result: RunResult) -> list[dict[str, Any]]:
     return rows
 
 
-def conflict_figures(result: RunResult) -> dict[str, Any]:
+def conflict_figures(result: AnyResult) -> dict[str, Any]:
     """Times two voltage references stood on the grid at once (a hand-over overlaps them,
     both with droop, for an instant; anything long would be the error APIS prevents)."""
     spans = [end - start for start, end, _ in result.voltage_conflicts]
@@ -210,7 +224,7 @@ def conflict_figures(result: RunResult) -> dict[str, Any]:
     }
 
 
-def settings_figures(result: RunResult) -> dict[str, Any]:
+def settings_figures(result: AnyResult) -> dict[str, Any]:
     s = result.settings
     if s.config_dir is not None:
         source = f"directory {s.config_dir.name}"
@@ -218,7 +232,8 @@ def settings_figures(result: RunResult) -> dict[str, Any]:
         source = f"generated ({s.units} units)"
     else:
         source = "default cluster"
-    return {
+    figures: dict[str, Any] = {
+        "fidelity": s.fidelity,
         "community": source,
         "units": len(result.unit_ids),
         "days": s.days,
@@ -229,14 +244,23 @@ def settings_figures(result: RunResult) -> dict[str, Any]:
         "sample_interval_s": s.sample_interval_s,
         "quiet_step_s": s.quiet_step_s,
     }
+    if s.fidelity == "plan":
+        figures["plan"] = s.plan.to_json()
+    return figures
 
 
-def summarize(result: RunResult, baseline: RunResult | None = None) -> dict[str, Any]:
+def deal_summary(result: AnyResult) -> dict[str, Any]:
+    if isinstance(result, PlanResult):
+        return result.tally.figures()
+    return deal_figures(result.deals)
+
+
+def summarize(result: AnyResult, baseline: AnyResult | None = None) -> dict[str, Any]:
     """The whole summary; with a baseline (sharing off), the comparison too."""
     out: dict[str, Any] = {
         "settings": settings_figures(result),
         "community": community_figures(result),
-        "deals": deal_figures(result.deals),
+        "deals": deal_summary(result),
         "losses": loss_figures(result),
         "balance": balance(result),
         "shared_per_day_wh": shared_per_day(result),

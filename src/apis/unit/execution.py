@@ -39,6 +39,14 @@ from apis.unit import lifecycle
 from apis.unit.commands import UnitLink, UnitUnreachable
 from apis.unit.data import UnitSnapshot
 from apis.unit.deal import NOT_APPLICABLE, Deal
+from apis.unit.decisions import (
+    DealFlow,
+    admission_failure,
+    amount_reached,
+    attributed_power,
+    force_stop_reason,
+    seconds_to_amount,
+)
 from apis.unit.errors import DealFailure, ErrorRecord, GlobalError
 from apis.unit.registry import Registry
 
@@ -46,7 +54,10 @@ log = logging.getLogger(__name__)
 
 CHARGE_SIDE = "chargeUnit"
 DISCHARGE_SIDE = "dischargeUnit"
-STOP_NOW_S = 0.05  # closer than this to the amount: stop in this pass
+
+
+def _flow(deal: Deal) -> DealFlow:
+    return DealFlow(deal.charge_unit_id, deal.discharge_unit_id, deal.deal_grid_current_a)
 
 
 def _other_side(side: str) -> str:
@@ -302,39 +313,12 @@ class DealExecution:
     # ---- activation ----------------------------------------------------------------------
 
     def _admission_failure(self, deal: Deal) -> str | None:
+        active = [_flow(d) for d in self.others(deal) if d.master_side_active]
         limit = self.policy.grid_master.deal.reset_limit
-        if len(deal.reset) >= limit:
+        failure = admission_failure(self.policy.safety, limit, len(deal.reset), _flow(deal), active)
+        if failure is not None and len(deal.reset) >= limit:
             log.warning("(LOGIC:GLOBAL:WARN) deal %s: deal reset limit exceeded", deal.deal_id)
-            return "deal reset limit exceeded"
-        active = [d for d in self.others(deal) if d.master_side_active]
-        for other in active:
-            if other.charge_unit_id == deal.discharge_unit_id:
-                return f"{deal.discharge_unit_id} : other charge side deal found"
-            if other.discharge_unit_id == deal.charge_unit_id:
-                return f"{deal.charge_unit_id} : other discharge side deal found"
-        safety = self.policy.safety
-        topology = safety.grid_topology_based_evaluation
-        running = [*active, deal]
-        if topology.enabled:
-            for branch in topology.branch_ids:
-                capacity = abs(topology.branch_capacity_a(branch))
-                for side_units in topology.branch_units(branch):
-                    discharging = sum(
-                        d.deal_grid_current_a for d in running if d.discharge_unit_id in side_units
-                    )
-                    charging = sum(
-                        d.deal_grid_current_a for d in running if d.charge_unit_id in side_units
-                    )
-                    if discharging > capacity or charging > capacity:
-                        return f"branch {branch}: deal current would exceed {capacity} A"
-        else:
-            total = sum(d.deal_grid_current_a for d in running)
-            if total > safety.sum_of_deal_grid_current_max_a + 1e-9:
-                return (
-                    f"sum of deal grid current {total} A would exceed "
-                    f"sumOfDealGridCurrentMaxA {safety.sum_of_deal_grid_current_max_a} A"
-                )
-        return None
+        return failure
 
     def _flip_allowed(self, deal: Deal) -> bool:
         return not any(d.transitional for d in self.others(deal))
@@ -620,11 +604,9 @@ class DealExecution:
         others = self._sum_other_compensated(
             unit_id, deal, lambda d: d.started and not d.stopped and d.master_side_active
         )
-        if others <= 0:
-            return wb
-        if mine + others <= 0:
+        if others > 0 and mine + others <= 0:
             raise GlobalError("LOGIC", "ERROR", f"{unit_id} : zero compensated current")
-        return wb * mine / (mine + others)
+        return attributed_power(wb, mine, others)
 
     def _sample_power(self, deal: Deal) -> None:
         reference = self.data[self.reference_unit(deal)]
@@ -672,8 +654,8 @@ class DealExecution:
         power = self._integrate(deal)
         amount = deal.deal_amount_wh
         counted = deal.cumulate_amount_wh or 0.0
-        remaining_s = (amount - counted) * 3600 / power if power > 0 else None
-        if counted > amount or (remaining_s is not None and remaining_s <= STOP_NOW_S):
+        remaining_s = seconds_to_amount(amount, counted, power)
+        if amount_reached(amount, counted, remaining_s):
             self._hook(deal, "failBeforeStop")
             await self._stop_slave(deal)
             self._hook(deal, "failAfterStop")
@@ -687,13 +669,13 @@ class DealExecution:
             lifecycle.deal_stopped(deal)
             await self._deactivation(deal)
             return
-        fsc = self.policy.grid_master.deal.force_stop_condition
-        if discharge.rsoc < fsc.discharge_unit_lower_limit_rsoc:
+        reason = force_stop_reason(
+            self.policy.grid_master.deal.force_stop_condition,
+            deal.discharge_unit_id, discharge.rsoc, deal.charge_unit_id, charge.rsoc,
+        )
+        if reason is not None:
             await self._save(deal)
-            raise DealFailure(f"{deal.discharge_unit_id} : dischargeUnitLowerLimitRsoc")
-        if charge.rsoc > fsc.charge_unit_upper_limit_rsoc:
-            await self._save(deal)
-            raise DealFailure(f"{deal.charge_unit_id} : chargeUnitUpperLimitRsoc")
+            raise DealFailure(reason)
         await self._save(deal)
         if remaining_s is not None:
             self._wake(remaining_s)

@@ -33,10 +33,11 @@ from apis.unit.capacity import BatteryCapacityLocks
 from apis.unit.controller import Controller
 from apis.unit.deal import NOT_APPLICABLE, Deal
 from apis.unit.deallog import DealLog, DealLogRefused, ended, same_deal
+from apis.unit.decisions import deal_terms, worth_negotiating
 from apis.unit.ids import InvalidDealId, check_deal_id
 from apis.unit.registry import Registry
 from apis.unit.state import UnitState
-from apis.unit.user import Offer, deal_amount, deal_fields
+from apis.unit.user import Offer, deal_fields
 from apis.unit.userservice import UserService
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Mediator:
 
     async def negotiate(self, request: Offer) -> Deal | None:
         rules = self.policy.mediator.deal
-        if request.get("amountWh", 0) <= rules.amount_min_wh:
+        if not worth_negotiating(request.get("amountWh", 0), rules):
             return None  # too small to be worth a deal
         request = {**request, "dealGridCurrentA": rules.grid_current_a, "unitId": self.unit_id}
         negotiation_id = self.new_id()
@@ -139,10 +140,8 @@ class Mediator:
         chosen = await self.user.choose(request, accepts)
         if chosen is None:
             return None
-        amount = deal_amount(request["amountWh"], chosen["amountWh"], rules)
+        amount = deal_terms(request, chosen, rules)
         if amount <= 0:
-            return None
-        if float(request["dealGridCurrentA"]) <= 0 or float(chosen["dealGridCurrentA"]) <= 0:
             return None
         deal = Deal.from_json(deal_fields(request, chosen, amount, negotiation_id))
         try:
@@ -160,7 +159,7 @@ class Mediator:
         if requester == self.unit_id or requester not in self.policy.member_unit_ids:
             return None
         accept = await self.user.accept_for(request)
-        if accept is None or accept["amountWh"] <= self.policy.mediator.deal.amount_min_wh:
+        if accept is None or not worth_negotiating(accept["amountWh"], self.policy.mediator.deal):
             return None
         accept = {
             **accept,

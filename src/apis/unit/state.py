@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from apis.unit.decisions import interlocks_full
 from apis.unit.errors import ErrorRecord
 
 
@@ -39,4 +40,4 @@ class UnitState:
 
     @property
     def busy(self) -> bool:
-        return self.interlock_capacity <= 0 or len(self.deal_ids) >= self.interlock_capacity
+        return interlocks_full(self.interlock_capacity, len(self.deal_ids))

@@ -16,10 +16,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from apis.bus.base import BusError, PermissionDenied
+from apis.bus.base import BusError, KeyExists, PermissionDenied
 from apis.bus.nats import NatsBus
 from apis.bus.natsserver import find_nats_server, free_port
 from apis.bus.security import (
+    LEASE,
     RECORDS,
     WEB,
     SecurityError,
@@ -71,7 +72,24 @@ def test_a_unit_may_sign_only_as_itself_and_not_set_the_mode() -> None:
     # records only asks for unit data and files its own samples; it commands nothing
     assert {s for s in records if s.startswith("apis.")} == {
         "apis.records.unitData.*", "apis.GridMaster.data.all", "apis.*.Controller.data"}
-    assert authorization_config(UNITS).count('"user": "CN=') == len(UNITS) + 2
+    assert authorization_config(UNITS).count('"user": "CN=') == len(UNITS) + 3
+
+
+def test_only_the_lease_service_writes_the_lease_and_the_claim() -> None:
+    unit = permissions("E002", UNITS)
+    published = unit["publish"]["allow"]
+    assert not any(s.startswith(("$KV.apis_grid_master.", "$KV.apis_voltage_reference."))
+                   for s in published)
+    assert "$KV.apis_deals.>" in published
+    assert "apis.lease.*.from.E002" in published  # its own requests, signed
+    assert not any(s.startswith("apis.lease.") and not s.endswith(".from.E002")
+                   for s in published)
+    assert "apis.lease.>" in unit["subscribe"]["deny"]  # nor hear (and answer) others'
+    assert "apis.lease.>" in permissions(WEB, UNITS)["subscribe"]["deny"]
+    lease = permissions(LEASE, UNITS)
+    assert {s for s in lease["publish"]["allow"] if s.startswith("$KV.")} == {
+        "$KV.apis_grid_master.>", "$KV.apis_voltage_reference.>"}
+    assert lease["subscribe"]["allow"] == ["apis.lease.>", "_INBOX.>"]
 
 
 @pytest.fixture
@@ -142,7 +160,8 @@ async def test_the_generated_server_config_enforces_identities(
         assert senders == ["E002"]
 
         lease = await e002.kv("apis_grid_master", ttl=4.0)
-        assert await lease.create("gridMasterUnitId", "E002") > 0  # units may hold it
+        with pytest.raises(PermissionDenied):  # a unit asks the lease service instead
+            await lease.create("gridMasterUnitId", "E002")
         with pytest.raises(PermissionDenied):
             await (await records.kv("apis_grid_master", ttl=4.0)).put("gridMasterUnitId", "x")
         with pytest.raises(PermissionDenied):
@@ -199,6 +218,62 @@ async def test_apis_web_connects_with_the_web_bus_config(secured: tuple[Path, st
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.timeout(120)
+async def test_the_lease_service_runs_from_the_lease_bus_config(
+    secured: tuple[Path, str]
+) -> None:
+    """`apis lease-service --bus-config DIR/lease/bus.json` as `apis config secure` wrote it:
+    units (configured with leaseService) take and renew the lease through it."""
+    from apis.unit.leaseclient import LeaseServiceClient
+    from apis.unit.registry import Registry
+
+    directory, _ = secured
+    result = CliRunner().invoke(
+        app, ["lease-service", "--bus-config", str(directory / "nowhere.json")],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 2 and "nowhere.json" in result.output
+    assert bus_config(directory / "E001" / "config.json").lease_service is True
+    assert bus_config(directory / "lease" / "bus.json").lease_service is False
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "apis", "lease-service", "--bus-config",
+        str(directory / "lease" / "bus.json"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    buses: list[NatsBus] = []
+    try:
+        assert proc.stdout is not None
+        while b"lease service: serving" not in await asyncio.wait_for(proc.stdout.readline(),
+                                                                       60):
+            pass
+        registries = {}
+        for unit_id in ("E001", "E002"):
+            bus = await connect_from(directory / unit_id / "config.json", unit_id)
+            buses.append(bus)
+            registries[unit_id] = await Registry.open(bus, LeaseServiceClient(bus, unit_id))
+        lock = await registries["E001"].acquire_grid_master("E001")
+        assert (lock.unit_id, lock.epoch) == ("E001", lock.epoch)
+        with pytest.raises(KeyExists):
+            await registries["E002"].acquire_grid_master("E002")
+        renewed = await registries["E001"].renew_grid_master(lock, global_errors=True)
+        assert renewed.revision > lock.revision and renewed.epoch == lock.epoch
+        stored = await registries["E002"].grid_master()
+        assert stored is not None and (stored.unit_id, stored.global_errors) == ("E001", True)
+        assert await registries["E002"].release_grid_master("E001") is False  # not its own
+        assert await registries["E001"].release_grid_master("E001") is True
+        assert await registries["E002"].grid_master() is None
+    finally:
+        for bus in buses:
+            await bus.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), 30)
         except TimeoutError:

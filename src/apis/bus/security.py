@@ -1,7 +1,9 @@
 """Bus security: a CA, a certificate per identity, and NATS users with per-subject permissions.
 
-Identities: each unit (its unit ID), `WEB` (the operations UI and API) and `RECORDS` (a
-read-only observer: history, monitoring, tests). Every client proves its identity with a
+Identities: each unit (its unit ID), `WEB` (the operations UI and API), `RECORDS` (a
+read-only observer: history, monitoring, tests) and `LEASE` (the lease service,
+`apis.unit.leaseservice`: the only writer of the Grid Master lease and the voltage reference
+claim). Every client proves its identity with a
 certificate the CA signed, whose subject is ``CN=<identity>``; the server checks it and maps it
 to the user of that name (TLS ``verify_and_map``): there is no password to copy, and nobody
 connects without a certificate. Clients verify the server's certificate against the same CA.
@@ -11,14 +13,20 @@ What each may publish (the server refuses everything else; see `permissions`):
 - a unit: the protocol among units (data, Helo, errors, deals, Grid Master activation, scram,
   reset, shutdown.all), converter commands only signed by itself
   (``apis.*.Controller.control.device.from.<own id>``: the Controller then checks that the
-  sender holds the Grid Master lease), its own ``apis.<id>.helo``, and writes to the lease,
-  deal and need-to-stop buckets and the ``policy`` key; not the operation mode (neither
-  ``apis.operationMode`` nor the key it is stored at) and nothing of the operations
-  interface (manual control, local modes, per-unit shutdown).
+  sender holds the Grid Master lease), its own ``apis.<id>.helo``, requests to the lease
+  service only signed by itself (``apis.lease.*.from.<own id>``), and writes to the deal and
+  need-to-stop buckets and the ``policy`` key; not the lease nor the voltage reference claim
+  (it reads and watches them; JetStream cannot tell a create from a put, so a unit allowed
+  to write there could overwrite the live lease in its own name), not the operation mode
+  (neither ``apis.operationMode`` nor the key it is stored at) and nothing of the operations
+  interface (manual control, local modes, per-unit shutdown). It may not subscribe to the
+  lease service's requests (nor answer them).
 - `WEB`: the operations interface (global and local modes, manual control, shutdown, scram,
   deal creation, error injection, data requests) and the ``operationMode`` key, which it
   writes itself: units do not receive ``apis.operationMode`` (the subscription is denied), so
   its request finds no handler and it takes its direct path to the key every unit watches.
+- `LEASE`: writes of the two buckets ``apis_grid_master`` and ``apis_voltage_reference``
+  (reads, watches, bucket creation), and it receives the requests ``apis.lease.>``.
 - `RECORDS`: nothing but reads (key-value reads and watches; deal logs, errors and Helo
   messages heard); it may create the (empty) buckets, as a unit would, when it starts first.
 
@@ -49,17 +57,19 @@ from apis.bus.base import signed
 
 WEB = "apis-web"
 RECORDS = "apis-records"
+LEASE = "apis-lease"
 SERVER = "server"
 CA = "ca"
 CERT_DAYS = 825
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 
 # the buckets (`apis.unit.registry`): units write these
-UNIT_BUCKETS = (
-    "apis_grid_master", "apis_deals", "apis_need_to_stop", "apis_voltage_reference"
-)
+UNIT_BUCKETS = ("apis_deals", "apis_need_to_stop")
+# ... and the lease service these (the Grid Master lease, the voltage reference claim)
+LEASE_BUCKETS = ("apis_grid_master", "apis_voltage_reference")
 STATE_BUCKET = "apis_state"
-BUCKETS = (*UNIT_BUCKETS, STATE_BUCKET)
+BUCKETS = (*UNIT_BUCKETS, *LEASE_BUCKETS, STATE_BUCKET)
+LEASE_REQUESTS = "apis.lease.>"  # `apis.unit.subjects.lease_request`
 UNIT_STATE_KEYS = ("policy",)  # the cluster policy every unit checks at start
 WEB_STATE_KEYS = ("operationMode", "operationMode.audit")
 
@@ -250,6 +260,7 @@ def permissions(identity: str, unit_ids: Sequence[str]) -> dict[str, Any]:
             f"apis.{identity}.log",  # its action log lines (the records receiver keeps them)
             signed("apis.*.Controller.control.device", identity),
             signed("apis.Mediator.deal.log", identity),
+            signed("apis.lease.*", identity),  # its requests to the lease service
             *UNIT_PUBLISH,
             *_JS_READ,
             *_bucket_create(BUCKETS),
@@ -258,19 +269,26 @@ def permissions(identity: str, unit_ids: Sequence[str]) -> dict[str, Any]:
         ]
         # The global mode is not theirs to set: the request goes unheard (the operations
         # user then writes the key itself).
+        # The lease service's requests are not theirs to hear (a unit in its queue group
+        # could answer another's request).
         subscribe: dict[str, Any] = {"allow": ["apis.>", "_INBOX.>"],
-                                     "deny": ["apis.operationMode"]}
+                                     "deny": ["apis.operationMode", LEASE_REQUESTS]}
     elif identity == WEB:
         publish = [*WEB_PUBLISH, *_JS_READ, *_bucket_create(BUCKETS),
                    *_keys(STATE_BUCKET, WEB_STATE_KEYS)]
-        subscribe = {"allow": ["apis.>", "_INBOX.>"]}
+        subscribe = {"allow": ["apis.>", "_INBOX.>"], "deny": [LEASE_REQUESTS]}
+    elif identity == LEASE:
+        publish = [*_JS_READ, *_bucket_create(BUCKETS),
+                   *(f"$KV.{bucket}.>" for bucket in LEASE_BUCKETS)]
+        subscribe = {"allow": [LEASE_REQUESTS, "_INBOX.>"]}
     elif identity == RECORDS:
         # the buckets as the units make them (it may start first): no value is written
         publish = [*_JS_READ, *_bucket_create(BUCKETS), *RECORDS_PUBLISH]
         subscribe = {"allow": [*RECORDS_SUBSCRIBE, "_INBOX.>"]}
     else:
         raise SecurityError(
-            f"identity = {identity!r} (must be a member unit ID, {WEB!r} or {RECORDS!r})"
+            f"identity = {identity!r} (must be a member unit ID, {WEB!r}, {RECORDS!r} or "
+            f"{LEASE!r})"
         )
     return {
         "publish": {"allow": publish},
@@ -280,7 +298,7 @@ def permissions(identity: str, unit_ids: Sequence[str]) -> dict[str, Any]:
 
 
 def identities(unit_ids: Sequence[str]) -> list[str]:
-    return [*unit_ids, WEB, RECORDS]
+    return [*unit_ids, WEB, RECORDS, LEASE]
 
 
 def authorization_config(unit_ids: Sequence[str]) -> str:
@@ -338,7 +356,8 @@ def _relative(path: Path, base: Path) -> str:
 def bus_key(pki: Pki, identity: str, servers: Sequence[str], base: Path | None = None
             ) -> dict[str, Any]:
     """A client's ``bus`` configuration (servers, TLS files; paths relative to `base`, the
-    folder of the config.json, when given)."""
+    folder of the config.json, when given); a unit's (not `WEB`, `RECORDS`, `LEASE`) with
+    ``leaseService``: it writes the lease and the claim through the lease service."""
     for url in servers:
         if not url.startswith("tls://"):
             raise SecurityError(f"servers: {url!r} (must be tls:// on a secured bus)")
@@ -346,7 +365,7 @@ def bus_key(pki: Pki, identity: str, servers: Sequence[str], base: Path | None =
     def where(path: Path) -> str:
         return _relative(path, base) if base is not None else str(path)
 
-    return {
+    key: dict[str, Any] = {
         "servers": list(servers),
         "tls": {
             "caFile": where(pki.ca_file),
@@ -354,6 +373,9 @@ def bus_key(pki: Pki, identity: str, servers: Sequence[str], base: Path | None =
             "keyFile": where(pki.key_file(identity)),
         },
     }
+    if identity not in (WEB, RECORDS, LEASE):
+        key["leaseService"] = True
+    return key
 
 
 # ---- a production layout (`apis config secure DIR`) ------------------------------------
@@ -417,7 +439,7 @@ class SecureLayout:
     pki: Pki
     server_configs: list[Path]
     unit_configs: list[Path]
-    client_configs: dict[str, Path]  # WEB and RECORDS: their `bus` value as a JSON file
+    client_configs: dict[str, Path]  # WEB, RECORDS, LEASE: their `bus` value as a JSON file
 
 
 def write_secure(
@@ -432,7 +454,9 @@ def write_secure(
     """Secure the cluster configuration in `directory` (policy.json and one folder per
     member unit, as `apis config init` writes it): the CA and certificates in ``pki/``, one
     nats-server configuration per server in ``nats/``, each unit's ``bus`` key in its
-    config.json, and ``web/bus.json`` and ``records/bus.json`` for the other identities.
+    config.json, and ``web/bus.json``, ``records/bus.json`` and ``lease/bus.json`` for the
+    other identities (the lease service: ``apis lease-service --bus-config lease/bus.json``,
+    one or more copies; units cannot be Grid Master without one).
 
     The server configurations name the certificate files by their absolute paths here:
     copy ``pki/ca.pem``, ``pki/server.pem`` and ``pki/server.key`` to the same place on each
@@ -475,7 +499,7 @@ def write_secure(
         path.write_text(json.dumps(config, indent=2) + "\n")
         unit_configs.append(path)
     clients = {}
-    for identity in (WEB, RECORDS):
+    for identity in (WEB, RECORDS, LEASE):
         folder = directory / identity.removeprefix("apis-")
         folder.mkdir(exist_ok=True)
         path = folder / "bus.json"

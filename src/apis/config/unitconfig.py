@@ -76,6 +76,10 @@ class BusConfig(ConfigModel):
     user: str | None = None
     password: str | None = None
     creds_file: str | None = None
+    # Ours: the Grid Master lease and the voltage reference claim are written by the lease
+    # service (`apis.unit.leaseservice`), the unit only asks it (a secured bus, where the
+    # unit may not write them; `apis config secure` sets it).
+    lease_service: bool = False
 
     @rule
     def _schemes(self) -> list[str]:

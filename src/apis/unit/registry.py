@@ -16,6 +16,13 @@
 - The voltage reference claim (key `voltageReference` in bucket `apis_voltage_reference`,
   entries expire `VOLTAGE_REFERENCE_CLAIM_TTL_S` after their last write): which unit may hold
   the grid voltage, see `apis.unit.vrclaim`.
+
+On a secured bus a unit may read and watch the lease and the claim but not write them: it
+opens the registry with a `LeaseServiceClient` (`apis.unit.leaseclient`) and every write of
+the lock (and of the claim, `apis.unit.vrclaim`) is a request to the lease service
+(`apis.unit.leaseservice`), which runs the very methods below on its own connection for the
+identity the bus vouches for. Without one (the in-memory bus, the simulation, a plain NATS
+server) the unit writes them itself.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from apis.bus.base import JSON, Bus, BusError, Entry, KeyExists, KeyValue, RevisionMismatch
 from apis.bus.memory import ReadOnlyDict
 from apis.unit.deal import Deal
 from apis.unit.memo import IdentityMemo
+
+if TYPE_CHECKING:
+    from apis.unit.leaseclient import LeaseServiceClient
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +109,10 @@ class Registry:
         need_to_stop: KeyValue,
         grid_master: KeyValue,
         voltage_reference: KeyValue,
+        lease_service: LeaseServiceClient | None = None,
     ) -> None:
         self.state = state
+        self.lease_service = lease_service  # the lock's writes go through it when set
         self.deals = deals
         self.need_to_stop = need_to_stop
         self.grid_master_kv = grid_master
@@ -115,13 +127,16 @@ class Registry:
         self._lock: tuple[int, JSON, GridMasterLock | None] | None = None
 
     @classmethod
-    async def open(cls, bus: Bus) -> Registry:
+    async def open(
+        cls, bus: Bus, lease_service: LeaseServiceClient | None = None
+    ) -> Registry:
         return cls(
             await bus.kv(STATE_BUCKET),
             await bus.kv(DEALS_BUCKET),
             await bus.kv(NEED_TO_STOP_BUCKET, ttl=NEED_TO_STOP_TTL_S),
             await bus.kv(GRID_MASTER_BUCKET, ttl=GRID_MASTER_LEASE_TTL_S),
             await bus.kv(VOLTAGE_REFERENCE_BUCKET, ttl=VOLTAGE_REFERENCE_CLAIM_TTL_S),
+            lease_service,
         )
 
     # ---- Grid Master lock ----------------------------------------------------------------
@@ -143,6 +158,8 @@ class Registry:
         The create's revision becomes the epoch, stamped into the value at once (a lock
         read before the stamp gets the same epoch from the revision).
         """
+        if self.lease_service is not None:
+            return await self.lease_service.acquire(unit_id)
         revision = await self.grid_master_kv.create(GRID_MASTER_KEY, unit_id)
         return await self.renew_grid_master(GridMasterLock(unit_id, revision, revision))
 
@@ -152,6 +169,8 @@ class Registry:
         """Rewrite the lease by compare-and-set (its TTL starts again) with the Grid Master's
         present `global_errors`; RevisionMismatch when it expired, was cleared or was taken
         by somebody else meanwhile."""
+        if self.lease_service is not None:
+            return await self.lease_service.renew(lock, global_errors)
         renewed = GridMasterLock(lock.unit_id, lock.epoch, lock.revision, global_errors)
         revision = await self.grid_master_kv.update(
             GRID_MASTER_KEY, renewed.to_json(), lock.revision
@@ -163,6 +182,8 @@ class Registry:
 
         A bus failure is logged, not raised: the lease then expires by itself.
         """
+        if self.lease_service is not None:
+            return await self.lease_service.release(unit_id)
         try:
             lock = await self.grid_master()
             if lock is None or lock.unit_id != unit_id:
@@ -176,6 +197,12 @@ class Registry:
         return True
 
     async def clear_grid_master(self) -> None:
+        """Delete the lease whoever holds it (a reset, spec 11.5). Through the lease service
+        only the holder may: this unit's own lease is released, another's is left to expire
+        (within `GRID_MASTER_LEASE_TTL_S`)."""
+        if self.lease_service is not None:
+            await self.lease_service.release(self.lease_service.unit_id)
+            return
         await self.grid_master_kv.delete(GRID_MASTER_KEY)
 
     async def grid_master_gone(self) -> AsyncIterator[None]:

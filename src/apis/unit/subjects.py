@@ -33,6 +33,12 @@ Operations interface (for the web UI and other tools; payloads are JSON):
 - `apis.reset.all` (publish): every unit forgets its coordination state (spec 11.5).
 - `apis.Controller.scram` (publish, header ``excludeVoltageReference``): converters to
   Waiting.
+
+Among units and the lease service (ours, a secured bus only):
+
+- `apis.lease.<op>.from.<unit>` (request, signed: the bus vouches that `<unit>` asks): a
+  write of the Grid Master lease or the voltage reference claim for `<unit>`, answered by
+  one copy of the lease service (queue group ``apis-lease``); see `apis.unit.leaseservice`.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ GRID_MASTER_ERROR_TEST = "apis.GridMaster.error.test"
 GRID_MASTER_DATA_ALL = "apis.GridMaster.data.all"
 GRID_MASTER_UNIT_ID_ALL = "apis.GridMaster.unitId.all"
 ERROR = "apis.error"
+LEASE_QUEUE = "apis-lease"
+LEASE_PREFIX = "apis.lease"
 
 
 def helo(unit_id: str) -> str:
@@ -120,3 +128,9 @@ def deal_log(sender: str) -> str:
     """A deal record published by `sender` (signed: the bus vouches for who sent it);
     ``sender="*"``: what the units and the web subscribe to."""
     return signed(MEDIATOR_DEAL_LOG, sender)
+
+
+def lease_request(op: str, sender: str) -> str:
+    """A request of `sender` to the lease service (signed); ``op="*"``, ``sender="*"``: the
+    service's subscription."""
+    return signed(f"{LEASE_PREFIX}.{op}", sender)

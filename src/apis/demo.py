@@ -3,6 +3,12 @@
 Every unit runs the full node software (Controller, User, Mediator, Grid Master) on the
 in-memory bus; the emulator supplies batteries, converters and the DC grid. Time runs
 `--speed` times faster than real time.
+
+The operations records build up as the demo runs: every unit's log lines, every deal version,
+the units' data and the figures derived from them (records.inprocess, the checks, store and
+figures of `apis records`), in a SQLite file (`--records FILE`; by default one in the demo's
+temporary folder, gone at the end), on the simulated clock, whose days are this machine's
+local days; the web UI reads them (`/logs`, `/history`).
 """
 
 from __future__ import annotations
@@ -10,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.console import Console, Group
@@ -32,6 +40,12 @@ from apis.emulator.driver import EmulatedDriver
 from apis.hardware.modes import ConverterMode
 from apis.unit.cluster import InProcessCluster
 from apis.unit.deal import Deal
+
+if TYPE_CHECKING:
+    from apis.records.inprocess import InProcessRecorder
+
+# A pass of the derived figures every this many simulated seconds (and at the end).
+FIGURES_EVERY_S = 600.0
 
 # Starting charge levels, cycled over the units: some have plenty, some need energy.
 DEMO_RSOC = (88.0, 30.0, 62.0, 45.0, 75.0, 35.0)
@@ -61,6 +75,7 @@ def emulated_cluster(
     initial_rsoc: Sequence[float] | None = None,
     converter: ConverterModel | None = None,  # None: the emulator's default converter
     deal_log_tmpdir: str | None = None,
+    label_handlers: bool = False,  # each unit's handlers run labelled (for a recorder)
 ) -> tuple[World, InProcessCluster]:
     """A world of emulated units for `config` and the cluster of nodes driving it."""
     ids = config.unit_ids
@@ -76,7 +91,8 @@ def emulated_cluster(
         initial_rsoc=rsoc,
     )
     drivers = {u: EmulatedDriver(world, u) for u in ids}
-    cluster = InProcessCluster(config, drivers, seed=seed, deal_log_tmpdir=deal_log_tmpdir)
+    cluster = InProcessCluster(config, drivers, seed=seed, deal_log_tmpdir=deal_log_tmpdir,
+                               label_handlers=label_handlers)
     return world, cluster
 
 
@@ -165,14 +181,18 @@ def summary(state: DemoState, console: Console) -> None:
 class WebOptions:
     host: str = "127.0.0.1"
     port: int = 8080
+    records: str | None = None  # the records store the UI reads (/logs, /history)
 
 
 async def run_demo(state: DemoState, duration_s: float | None, refresh_s: float,
-                   console: Console, live: bool, web: WebOptions | None = None) -> None:
+                   console: Console, live: bool, web: WebOptions | None = None,
+                   recorder: InProcessRecorder | None = None) -> None:
     loop = asyncio.get_running_loop()
     cluster = state.cluster
     start = loop.time()
-    async with cluster.running(), _web_ui(state, web, console):
+    recording = recorder.recording() if recorder is not None else contextlib.nullcontext()
+    # the recorder first and last: it has the units' first lines and their last
+    async with recording, cluster.running(), _web_ui(state, web, console):
         with Live(render(state), console=console, auto_refresh=False,
                   transient=False) if live else _NoLive() as view:
             while duration_s is None or loop.time() - start < duration_s:
@@ -191,10 +211,12 @@ async def _web_ui(
     if options is None:
         yield
         return
+    from apis.web.records import RecordsReader
     from apis.web.server import WebServer  # the web layer is optional for the demo
 
-    server = WebServer(state.cluster.hub.connect("web"), world=state.world,
-                       host=options.host, port=options.port)
+    records = RecordsReader(options.records) if options.records is not None else None
+    server = WebServer(state.cluster.connect("web"), world=state.world,
+                       host=options.host, port=options.port, records=records)
     try:
         await server.start()
     except OSError as e:
@@ -205,10 +227,15 @@ async def _web_ui(
     # A one-time login link: the page trades its code for the control token, which is never
     # printed (the address alone opens the page read only).
     console.print(f"operations UI: {server.login_url()} (one-time login link)", soft_wrap=True)
+    if records is not None:
+        console.print(f"records: {server.url}logs (log viewer), {server.url}history",
+                      soft_wrap=True)
     try:
         yield
     finally:
         await server.stop()
+        if records is not None:
+            await asyncio.get_running_loop().run_in_executor(None, records.close)
 
 
 class _NoLive:
@@ -247,6 +274,13 @@ def register(app: typer.Typer) -> None:
         ] = True,
         host: Annotated[str, typer.Option("--host", help="Address of the UI.")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="Port of the UI (0: any free).")] = 8080,
+        records: Annotated[
+            Path | None,
+            typer.Option("--records", dir_okay=False,
+                         help="Keep the operations records (log lines, deals, unit data) in "
+                              "this new SQLite file (default: one in the demo's temporary "
+                              "folder, gone at the end)."),
+        ] = None,
     ) -> None:
         """Run a cluster on emulated hardware with a live view of every unit and deal."""
         console = Console()
@@ -256,9 +290,16 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(e)) from None
         if speed <= 0:
             raise typer.BadParameter(f"--speed = {speed} (must be > 0)")
+        if records is not None and records.exists():
+            # the simulated clock starts at 10:00 today every run: samples would collide
+            raise typer.BadParameter(f"--records = {records} exists (give a new file)")
+        if records is not None and not records.parent.is_dir():
+            raise typer.BadParameter(f"--records = {records}: folder {records.parent} "
+                                     "does not exist")
         with tempfile.TemporaryDirectory(prefix="apis-demo-") as tmp:
             # Warnings go to a file: the live view owns the terminal.
             handler = logging.FileHandler(Path(tmp) / "apis-demo.log")
+            handler.setLevel(logging.WARNING)
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
             apis_log = logging.getLogger("apis")
             apis_log.addHandler(handler)
@@ -270,14 +311,50 @@ def register(app: typer.Typer) -> None:
                 directory = config if config is not None else default_cluster_dir()
             cluster_config = load_cluster(directory)
             world, cluster = emulated_cluster(
-                cluster_config, seed=seed, deal_log_tmpdir=str(Path(tmp) / "logs")
+                cluster_config, seed=seed, deal_log_tmpdir=str(Path(tmp) / "logs"),
+                label_handlers=True,
             )
+            records_path = records or Path(tmp) / "records.sqlite"
+            recorder = _recorder(cluster, world, records_path)
+            kept = "" if records is not None else " (gone at the end; --records FILE keeps it)"
+            console.print(f"records: {recorder.store.description}{kept}", soft_wrap=True)
             state = DemoState(world, cluster)
             refresh_s = max(0.25 * speed, 1.0)  # about four screen updates per real second
             try:
-                web_options = WebOptions(host, port) if web else None
-                clock.run(run_demo(state, duration_s, refresh_s, console, live, web_options),
+                web_options = WebOptions(host, port, str(records_path)) if web else None
+                clock.run(run_demo(state, duration_s, refresh_s, console, live, web_options,
+                                   recorder),
                           "scaled", speed)
             except KeyboardInterrupt:
                 console.print("stopped")
             summary(state, console)
+
+
+def _recorder(cluster: InProcessCluster, world: World, path: Path) -> InProcessRecorder:
+    from apis.records.inprocess import InProcessRecorder
+    from apis.records.store import StoreError, open_store
+
+    try:
+        store = open_store(str(path))
+    except StoreError as e:
+        raise typer.BadParameter(f"--records = {path}: {e}") from None
+    return InProcessRecorder(cluster, store, clock=lambda: world.now().timestamp(),
+                             figures_every_s=FIGURES_EVERY_S, time_zone=local_time_zone())
+
+
+def local_time_zone() -> str:
+    """The IANA name of this machine's time zone ($TZ if set, else what /etc/localtime links
+    to), else UTC: the simulated calendar is local time, and its days are the figures'."""
+    tz = os.environ.get("TZ")
+    if tz is not None:
+        name = tz.removeprefix(":")
+    else:
+        target = os.path.realpath("/etc/localtime")
+        name = target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else ""
+    if name:
+        try:
+            ZoneInfo(name)
+            return name
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return "UTC"  # a POSIX rule such as JST-9, or no zone to be found

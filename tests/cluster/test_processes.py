@@ -11,7 +11,9 @@ import pytest
 
 from apis.bus.base import RemoteFailure
 from apis.bus.nats import NatsBus
-from apis.unit import subjects
+from apis.process.cluster import LocalCluster
+from apis.records.store import open_store
+from apis.unit import lifecycle, subjects
 from tests.cluster.conftest import (
     ClusterFactory,
     Observer,
@@ -87,10 +89,45 @@ async def start_with_grid_master_on_e003(make_cluster: ClusterFactory) -> Observ
     return observer
 
 
+async def wait_recorded_in_store(cluster: LocalCluster, deal_ids: list[str],
+                                 timeout: float) -> dict[str, list[tuple[str, str]]]:
+    """The records receiver's store: every deal's versions to its end and its lifecycle lines
+    up to `disposed` (unit id, event), and unit data of every unit."""
+    found: dict[str, list[tuple[str, str]]] = {}
+
+    async def stored() -> bool:
+        store = open_store(str(cluster.records_store))
+        try:
+            lines = store.query("SELECT unit_id, message FROM log_lines WHERE logger = ? "
+                                "ORDER BY at, seq", (lifecycle.LOGGER_NAME,))
+            ended = {d for (d,) in store.query(
+                "SELECT deal_id FROM deal_versions WHERE state = 'deactivated'")}
+            sampled = {u for (u,) in store.query("SELECT DISTINCT unit_id FROM unit_data")}
+        finally:
+            store.close()
+        found.clear()
+        for unit, message in lines:
+            for name, pattern in lifecycle.PATTERNS.items():
+                match = pattern.fullmatch(message)
+                if match is not None and match.groupdict().get("dealId") in deal_ids:
+                    found.setdefault(match["dealId"], []).append((unit, name))
+        return (set(deal_ids) <= ended and sampled == set(cluster.unit_ids)
+                and all(events and events[-1][1] == "deal disposed"
+                        for events in (found.get(d) for d in deal_ids)))
+
+    try:
+        await wait_for(stored, timeout, "deals, lines and unit data in the records store")
+    except AssertionError:
+        log = cluster.records.log_text()[-3000:] if cluster.records else ""
+        raise AssertionError(f"{found}\n{log}") from None
+    return found
+
+
 async def test_unit_processes_make_deals_and_carry_on_when_a_nats_server_dies(
     make_cluster: ClusterFactory,
 ) -> None:
-    cluster = await make_cluster()
+    # with the records receiver, as `apis cluster up` runs it
+    cluster = await make_cluster(records=True, records_unit_data_period_s=2.0)
     observer = await Observer.connect(cluster)
     try:
         await observer.wait_lock(lambda lock: lock is not None, 60)
@@ -104,6 +141,12 @@ async def test_unit_processes_make_deals_and_carry_on_when_a_nats_server_dies(
         a, b = await wait_recorded_on_both(observer, second["dealId"], 90)
         assert completed(a) and completed(b), (a, b)
         await assert_quiet_grid(observer)
+        # the receiver kept both deals, their lifecycle lines and the units' data
+        found = await wait_recorded_in_store(cluster, [first["dealId"], second["dealId"]], 60)
+        for events in found.values():
+            names = [name for _, name in events]
+            assert names[0] == "deal created" and "deal started" in names, events
+        assert cluster.exited() == [], observer.logs()
     finally:
         await observer.close()
 

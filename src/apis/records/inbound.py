@@ -13,7 +13,12 @@ Messages:
   into the records stream by the server with a ``Nats-Stream-Source`` header that carries the
   registry's sequence (the revision); a ``KV-Operation: DEL``/``PURGE`` header marks removal;
 - unit data on ``apis.records.unitData.<unitId>``: ``{"unitId", "sampledAt", "data"}``
-  (records.sampler).
+  (records.sampler);
+- UDP multicast datagrams from the original apis-main (or ours): one action log line each,
+  in any of the four patterns of records.actionlog (records.datagrams).
+
+No text that goes into the store may hold a NUL character (PostgreSQL's text cannot): a
+message with one in a field is refused, and a refused message's data keeps it as ``\\x00``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from apis.records.actionlog import parse_line
@@ -57,8 +63,25 @@ Homes = Callable[[str], tuple[str | None, str | None]]  # unit id -> (communityI
 
 
 def reject(delivery: Delivery, origin: str, reason: str) -> RejectRow:
-    text = delivery.data.decode("utf-8", errors="replace")
-    return RejectRow(origin, delivery.seq, delivery.subject[:300], reason, text[:MAX_REJECT_DATA])
+    return RejectRow(origin, delivery.seq, _no_nul(delivery.subject[:300]), _no_nul(reason),
+                     kept_data(delivery.data))
+
+
+def kept_data(data: bytes) -> str:
+    """A refused message's bytes as text for table `rejected`: undecodable bytes and NUL
+    as ``\\xNN`` escapes, cut to MAX_REJECT_DATA characters."""
+    text = data.decode("utf-8", errors="backslashreplace")
+    return _no_nul(text)[:MAX_REJECT_DATA]
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", "\\x00")
+
+
+def _check_no_nul(text: str, key: str) -> str:
+    if "\x00" in text:
+        raise Refused(f"{key} holds a NUL character at {text.index(chr(0))} (text may not)")
+    return text
 
 
 def _json(delivery: Delivery) -> Any:
@@ -99,7 +122,7 @@ def _text(value: Any, key: str, limit: int = 200) -> str | None:
         raise Refused(f"{key} = {value!r:.80} (must be a string)")
     if len(value) > limit:
         raise Refused(f"{key} is {len(value)} characters long (at most {limit})")
-    return value
+    return _check_no_nul(value, key)
 
 
 def _object(value: Any, key: str) -> dict[str, Any]:
@@ -124,16 +147,22 @@ def log_row(delivery: Delivery, origin: str) -> LogRow:
     said = payload.get("unitId")
     if said != unit_id:
         raise Refused(f"unitId = {said!r:.80} (the subject is {unit_id}'s)")
-    line = payload.get("line")
+    row = line_row(unit_id, payload.get("line"), origin, delivery.seq, delivery.timestamp)
+    _integer(payload.get("dropped"), "dropped")
+    return row
+
+
+def line_row(unit_id: str, line: Any, origin: str, seq: int, arrived_at: float) -> LogRow:
+    """One action log line of `unit_id` (an id already checked), parsed; its time is the
+    line's own (see `_line_time`), or `arrived_at`."""
     if not isinstance(line, str):
         raise Refused(f"line = {line!r:.80} (must be a string)")
     if len(line) > MAX_LINE:
         raise Refused(f"line is {len(line)} characters long (at most {MAX_LINE})")
-    _integer(payload.get("dropped"), "dropped")
+    _check_no_nul(line, "line")
     parsed = parse_line(line)
-    at = parsed.at.timestamp() if parsed.at is not None else delivery.timestamp
-    return LogRow(origin, delivery.seq, unit_id, at, parsed.level, parsed.logger,
-                  parsed.thread, parsed.message, line)
+    return LogRow(origin, seq, unit_id, _line_time(parsed.at, arrived_at), parsed.level,
+                  parsed.logger, parsed.thread, parsed.message, line)
 
 
 # ---- deal versions -------------------------------------------------------------------------
@@ -169,7 +198,12 @@ def deal_row(delivery: Delivery, homes: Homes) -> DealRow:
                        delivery.timestamp, None, None, None, None, None, None, None)
     if operation != "PUT":
         raise Refused(f"{KV_OPERATION} = {operation!r:.40} (must be PUT, DEL or PURGE)")
-    deal = _json(delivery)
+    return deal_version_row(deal_id, revision, _json(delivery), delivery.timestamp, homes)
+
+
+def deal_version_row(deal_id: str, revision: int, deal: Any, reported_at: float,
+                     homes: Homes) -> DealRow:
+    """One version (a PUT) of deal `deal_id` (a key already checked): `deal` is its JSON."""
     if not isinstance(deal, dict):
         raise Refused(f"deal {deal_id}: value = {deal!r:.80} (must be an object)")
     if deal.get("dealId") != deal_id:
@@ -187,7 +221,7 @@ def deal_row(delivery: Delivery, homes: Homes) -> DealRow:
     for unit in (discharge, charge):
         if unit is not None and community is None:
             community, cluster = homes(unit)
-    return DealRow(deal_id, revision, "PUT", delivery.timestamp, community, cluster, charge,
+    return DealRow(deal_id, revision, "PUT", reported_at, community, cluster, charge,
                    discharge, state, cumulate, json.dumps(deal, separators=(",", ":")))
 
 
@@ -256,3 +290,44 @@ def unit_data_fields(unit_id: str, sampled_at: float, data: dict[str, Any]) -> U
         unit_time=number(data, "timestamp", ""),
         data=json.dumps(data, separators=(",", ":")),
     )
+
+
+# ---- multicast datagrams -------------------------------------------------------------------
+
+
+def datagram_row(data: bytes, sender: tuple[str, int], origin: str, seq: int,
+                 received_at: float) -> LogRow:
+    """One datagram as a log line. The unit column gets the line's unit id (pattern 1), else
+    the name it gives (patterns 2 and 3: a program id, or a legacy unit name), checked as a
+    unit id; empty for a line that names nobody (pattern 4, or none: kept whole as SEVERE).
+    Refused: bytes that are not UTF-8 text, a NUL, an empty datagram, a name that is no unit
+    id."""
+    where = f"datagram from {sender[0]}:{sender[1]}"
+    if len(data) > MAX_LINE:
+        raise Refused(f"{where} is {len(data)} bytes long (at most {MAX_LINE})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refused(f"{where}: not UTF-8 text ({exc})") from None
+    _check_no_nul(text, where)
+    text = text.strip()
+    if not text:
+        raise Refused(f"{where} is empty (an action log line is expected)")
+    parsed = parse_line(text)
+    name = parsed.unit_name
+    unit_id = _unit_id(name, f"{where}: unit id") if name is not None else ""
+    at = _line_time(parsed.at, received_at)
+    return LogRow(origin, seq, unit_id, at, parsed.level, parsed.logger, parsed.thread,
+                  parsed.message, text)
+
+
+def _line_time(at: datetime | None, received_at: float) -> float:
+    """The line's own time (one without an offset is the receiver's local time, as the
+    original apis-log read it); the time of arrival for a line without one."""
+    if at is None:
+        return received_at
+    try:
+        value = at.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return received_at
+    return value if math.isfinite(value) else received_at

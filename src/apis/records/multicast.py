@@ -2,7 +2,15 @@
 
 `MulticastLogHandler` sends one datagram per line (never blocks, never raises into the code
 that logged: a line that cannot be sent is counted in `dropped`). `listen` receives datagrams
-from our units or from the original apis-main and hands each line, parsed, to a callback.
+from our units or from the original apis-main and hands each line, parsed, to a callback;
+`listen_datagrams` hands over each datagram's bytes as they came (records.datagrams keeps
+them).
+
+On one host, sender and receiver meet on the loopback interface only when both name it
+(`interface="127.0.0.1"`): with the system's choice (0.0.0.0) each side takes the interface
+of the route to the group (the default route's), and a host without such a route refuses to
+join at all (ENODEV). Linux delivers loopback multicast between sockets that name 127.0.0.1
+even where `lo` lacks the MULTICAST flag.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from apis.records.actionlog import ActionLogFormatter, LogLine, parse_line
 # The largest UDP payload over IPv4; a longer line is cut (and says so at its end).
 MAX_DATAGRAM = 65_507
 _CUT_MARK = b" [...]"
+RECEIVE_BUFFER = 4 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +44,18 @@ def multicast_group(group: str, port: int) -> tuple[ipaddress.IPv4Address, int]:
     return address, port
 
 
-def _interface(interface: str | None) -> bytes:
+def check_interface(interface: str | None) -> str | None:
+    """The interface address as given (None: the system's choice); ValueError naming it."""
     if interface is None:
-        return socket.inet_aton("0.0.0.0")
+        return None
     try:
-        return socket.inet_aton(str(ipaddress.IPv4Address(interface)))
+        return str(ipaddress.IPv4Address(interface))
     except ValueError:
         raise ValueError(f"multicast interface = {interface!r} (an IPv4 address)") from None
+
+
+def _interface(interface: str | None) -> bytes:
+    return socket.inet_aton(check_interface(interface) or "0.0.0.0")
 
 
 def datagram(line: str) -> bytes:
@@ -94,18 +108,18 @@ class MulticastLogHandler(logging.Handler):
 
 
 class _Receiver(asyncio.DatagramProtocol):
-    def __init__(self, on_line: Callable[[LogLine, tuple[str, int]], None]) -> None:
-        self.on_line = on_line
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.on_datagram = on_datagram
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         sender = (str(addr[0]), int(addr[1]))
-        text = data.decode("utf-8", errors="replace").strip()
-        if not text:
-            return
         try:
-            self.on_line(parse_line(text), sender)
-        except Exception:  # a receiver that fails on one line keeps receiving the next
-            log.exception("action log line from %s:%d not handled", *sender)
+            self.on_datagram(data, sender)
+        except Exception:  # a receiver that fails on one datagram keeps receiving the next
+            log.exception("action log datagram from %s:%d not handled", *sender)
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("action log datagrams: %s", exc)
 
 
 async def listen(
@@ -115,7 +129,27 @@ async def listen(
     *,
     interface: str | None = None,
 ) -> asyncio.DatagramTransport:
-    """Join `group` on `interface` (default: the system's choice) and receive on `port`.
+    """Join `group` on `interface` (default: the system's choice) and receive on `port`;
+    each datagram's text (UTF-8, undecodable bytes replaced), parsed, goes to `on_line`
+    (empty ones are skipped). Close the returned transport to stop."""
+
+    def on_datagram(data: bytes, sender: tuple[str, int]) -> None:
+        text = data.decode("utf-8", errors="replace").strip()
+        if text:
+            on_line(parse_line(text), sender)
+
+    return await listen_datagrams(group, port, on_datagram, interface=interface)
+
+
+async def listen_datagrams(
+    group: str,
+    port: int,
+    on_datagram: Callable[[bytes, tuple[str, int]], None],
+    *,
+    interface: str | None = None,
+) -> asyncio.DatagramTransport:
+    """Join `group` on `interface` (default: the system's choice) and receive on `port`;
+    each datagram's bytes and its sender go to `on_datagram`.
 
     The socket reuses the address, so several receivers on one host can listen together.
     Close the returned transport to stop.
@@ -126,6 +160,8 @@ async def listen(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # room for a burst while the loop is busy (the kernel caps it at net.core.rmem_max)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         sock.bind((str(address), port))  # only this group's datagrams, not all of the port's
         membership = socket.inet_aton(str(address)) + _interface(interface)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
@@ -134,5 +170,5 @@ async def listen(
         sock.close()
         raise
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(on_line), sock=sock)
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(on_datagram), sock=sock)
     return transport

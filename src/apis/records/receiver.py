@@ -11,6 +11,10 @@ again and the store's insert-or-ignore on each record's key adds nothing.
 Beside them: the sampler (records.sampler), the retention task, which deletes rows older
 than each table's retention at start and then every `retention_check_s`, and the derived
 figures (records.figures), computed at start and then every `figures_every_s`.
+
+With a multicast source, action log lines arriving as UDP datagrams (the original apis-main's,
+records.datagrams) go into the same store, through the same store thread; with no bus given
+that is all it receives (a replacement of the original apis-log).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from nats.js import JetStreamContext
 from apis.bus.base import BusError
 from apis.bus.nats import NatsBus
 from apis.config.unitconfig import BusConfig
+from apis.records.datagrams import DatagramReceiver, MulticastSource
 from apis.records.figures import FigureSettings, run_figures
 from apis.records.inbound import (
     Delivery,
@@ -88,14 +93,22 @@ class Settings:
     retention_check_s: float = 3600.0
     batch: int = 500
     stream_max_bytes: int = 256 * 1024 * 1024
+    # action log lines as UDP multicast datagrams (the original apis-main's), too or only
+    multicast: MulticastSource | None = None
     figures_every_s: float = 300.0
     time_zone: str = "UTC"  # where the figures' days begin
+
+    @property
+    def uses_bus(self) -> bool:
+        return bool(self.servers) or self.bus is not None
 
     def figures(self) -> FigureSettings:
         return FigureSettings(period_s=self.unit_data_period_s, time_zone=self.time_zone,
                               every_s=self.figures_every_s)
 
     def __post_init__(self) -> None:
+        if not self.uses_bus and self.multicast is None:
+            raise ValueError("nothing to receive: give the bus's servers, or a multicast group")
         self.figures()  # ValueError naming a bad time zone or period
         if self.unit_data_period_s <= 0:
             raise ValueError(f"unit data period = {self.unit_data_period_s} s (must be > 0)")
@@ -111,7 +124,9 @@ class Settings:
 
 
 class Receiver:
-    def __init__(self, bus: NatsBus, js: JetStreamContext, store: RecordStore,
+    """`bus` and `js` None: only the multicast source (settings.multicast) is received."""
+
+    def __init__(self, bus: NatsBus | None, js: JetStreamContext | None, store: RecordStore,
                  settings: Settings) -> None:
         self.bus = bus
         self.js = js
@@ -125,6 +140,13 @@ class Receiver:
         self._unlisted: set[str] = set()  # units said to be unknown once already
         self.committed: dict[str, int] = {}
         self._last_revision: int | None = None
+        self.datagrams = (
+            DatagramReceiver(settings.multicast, self._write_now, batch=settings.batch)
+            if settings.multicast is not None else None
+        )
+
+    async def _write_now(self, rows: Sequence[Row]) -> int:
+        return await self._in_store(self.store.write, rows, time.time())
 
     async def _in_store(self, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
@@ -146,27 +168,18 @@ class Receiver:
         self._last_revision = int(last[0][0]) if last and last[0][0] is not None else None
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self._load_state()
-        replicas = (await self.js.stream_info(REGISTRY_STREAM)).config.num_replicas or 1
-        longest = max(self.settings.retention_days.values()) * DAY_S
-        streams = await ensure_streams(self.js, longest, self.settings.stream_max_bytes,
-                                       replicas)
-        sampler = Sampler(self.bus, self.js, self.settings.unit_data_period_s,
-                          lambda: self.units, self._on_sample)
-        log.info("records: receiving into %s (unit data every %g s)", self.store.description,
-                 self.settings.unit_data_period_s)
-        tasks = [
-            asyncio.create_task(self._consume(streams[LOG_STREAM], self._log_rows),
-                                name="records: log lines"),
-            asyncio.create_task(self._consume(streams[DEALS_STREAM], self._deal_rows),
-                                name="records: deal versions"),
-            asyncio.create_task(self._consume(streams[UNIT_DATA_STREAM], self._unit_data_rows),
-                                name="records: unit data"),
-            asyncio.create_task(sampler.run(), name="records: sampler"),
-            asyncio.create_task(self._retention(), name="records: retention"),
-            asyncio.create_task(run_figures(self.settings.store, self.settings.figures()),
-                                name="records: figures"),
-        ]
+        tasks = []
+        if self.datagrams is not None:
+            tasks.append(asyncio.create_task(self.datagrams.run(),
+                                             name="records: multicast datagrams"))
+        if self.js is not None:
+            tasks.extend(await self._start_streams())
+        else:
+            log.info("records: receiving into %s (multicast only)", self.store.description)
+        tasks.append(asyncio.create_task(self._retention(), name="records: retention"))
+        tasks.append(asyncio.create_task(run_figures(self.settings.store,
+                                                     self.settings.figures()),
+                                         name="records: figures"))
         stopping = asyncio.create_task(stop.wait(), name="records: stop")
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -180,7 +193,30 @@ class Receiver:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    async def _start_streams(self) -> list[asyncio.Task[None]]:
+        assert self.bus is not None and self.js is not None
+        await self._load_state()
+        replicas = (await self.js.stream_info(REGISTRY_STREAM)).config.num_replicas or 1
+        longest = max(self.settings.retention_days.values()) * DAY_S
+        streams = await ensure_streams(self.js, longest, self.settings.stream_max_bytes,
+                                       replicas)
+        sampler = Sampler(self.bus, self.js, self.settings.unit_data_period_s,
+                          lambda: self.units, self._on_sample)
+        log.info("records: receiving into %s (unit data every %g s)", self.store.description,
+                 self.settings.unit_data_period_s)
+        return [
+            asyncio.create_task(self._consume(streams[LOG_STREAM], self._log_rows),
+                                name="records: log lines"),
+            asyncio.create_task(self._consume(streams[DEALS_STREAM], self._deal_rows),
+                                name="records: deal versions"),
+            asyncio.create_task(self._consume(streams[UNIT_DATA_STREAM], self._unit_data_rows),
+                                name="records: unit data"),
+            asyncio.create_task(sampler.run(), name="records: sampler"),
+        ]
+
     async def close(self) -> None:
+        if self.datagrams is not None:  # lines received and not yet committed
+            await self.datagrams.flush()
         # a commit still running in the store thread finishes first (its batch is not
         # acknowledged, so it comes again next time and adds nothing)
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
@@ -193,6 +229,7 @@ class Receiver:
         stream: RecordStream,
         rows_of: Callable[[RecordStream, list[Delivery]], Awaitable[list[Row]]],
     ) -> None:
+        assert self.js is not None
         sub = await self.js.pull_subscribe_bind(durable=CONSUMER, stream=stream.name)
         try:
             while True:
@@ -331,9 +368,12 @@ class Receiver:
         for unit in ask:
             self._asked[unit] = now
 
+        bus = self.bus
+        assert bus is not None
+
         async def one(unit_id: str) -> None:
             try:
-                data = await self.bus.request(subjects.controller_data(unit_id),
+                data = await bus.request(subjects.controller_data(unit_id),
                                               timeout=HOME_LOOKUP_TIMEOUT_S)
             except BusError as exc:
                 log.info("records: %s did not say its community and cluster: %s", unit_id, exc)
@@ -403,15 +443,14 @@ async def run_receiver(settings: Settings, stop: asyncio.Event) -> None:
     store = await open_store_retrying(settings.store, stop)
     if store is None:
         return
-    try:
-        bus = await _connect(settings)
-    except BaseException:
-        store.close()
-        raise
+    bus: NatsBus | None = None
     receiver = None
     try:
-        await bus.kv(DEALS_BUCKET)  # the registry's bucket, as the units make it
-        js = bus.client.jetstream(timeout=5.0)
+        js = None
+        if settings.uses_bus:
+            bus = await _connect(settings)
+            await bus.kv(DEALS_BUCKET)  # the registry's bucket, as the units make it
+            js = bus.client.jetstream(timeout=5.0)
         receiver = Receiver(bus, js, store, settings)
         await receiver.run(stop)
     except nats.errors.Error as exc:
@@ -421,4 +460,5 @@ async def run_receiver(settings: Settings, stop: asyncio.Event) -> None:
             await receiver.close()
         else:
             store.close()
-        await bus.close()
+        if bus is not None:
+            await bus.close()

@@ -7,6 +7,9 @@ published as one JetStream message ``{"unitId", "sampledAt", "data"}`` on
 ``apis.records.unitData.<unitId>`` with the message id ``<unitId>@<sampledAt>`` (the stream
 drops a second copy), and the server's acknowledgement awaited: from then on the sample is
 the stream's to keep. A sample that cannot be taken or published is logged and skipped.
+
+For an in-process cluster (`apis demo`, no JetStream) `deliver` takes each sample instead of
+the stream, and `clock` gives the cluster's (simulated) time.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import nats.errors
@@ -29,20 +32,30 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 5.0
 
+# (unit id, sampledAt, unit data) -> whether it was kept
+Deliver = Callable[[str, float, dict[str, Any]], Awaitable[bool]]
+
 
 class Sampler:
     def __init__(
         self,
         bus: Bus,
-        js: JetStreamContext,
+        js: JetStreamContext | None,
         period_s: float,
         known_units: Callable[[], Iterable[str]],
         on_sample: Callable[[str, dict[str, Any]], None] | None = None,
+        *,
+        deliver: Deliver | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if period_s <= 0:
             raise ValueError(f"unit data period = {period_s} s (must be > 0)")
+        if (js is None) == (deliver is None):
+            raise ValueError("a sampler delivers to JetStream (js) or to `deliver`, one")
         self.bus = bus
         self.js = js
+        self.deliver = deliver if deliver is not None else self._publish
+        self.clock = clock
         self.period_s = period_s
         self.known_units = known_units
         self.on_sample = on_sample
@@ -60,10 +73,16 @@ class Sampler:
             log.info("records: %s answers again", what)
 
     async def run(self) -> None:
+        last: float | None = None
         while True:
-            now = time.time()
+            now = self.clock()
             next_at = (now // self.period_s + 1) * self.period_s
+            if last is not None and next_at <= last:
+                # woken before `clock` reached the instant (the loop's sleep and the clock
+                # are not one clock: an emulated world's time moves in steps): the next one
+                next_at = last + self.period_s
             await asyncio.sleep(next_at - now)
+            last = next_at
             await self.sample(round(next_at, 3))
 
     async def _collect(self) -> dict[str, Any]:
@@ -107,16 +126,21 @@ class Sampler:
                 continue
             if self.on_sample is not None:
                 self.on_sample(unit_id, data)
-            payload = {"unitId": unit_id, "sampledAt": sampled_at, "data": data}
-            try:
-                await self.js.publish(
-                    unit_data_subject(unit_id), encode(payload),
-                    headers={"Nats-Msg-Id": f"{unit_id}@{sampled_at:.3f}"},
-                )
-            except (nats.errors.Error, TypeError) as exc:
-                log.error("records: unit data sample of %s at %.3f not published: %r",
-                          unit_id, sampled_at, exc)
-                continue
-            count += 1
+            if await self.deliver(unit_id, sampled_at, data):
+                count += 1
         self.published += count
         return count
+
+    async def _publish(self, unit_id: str, sampled_at: float, data: dict[str, Any]) -> bool:
+        assert self.js is not None
+        payload = {"unitId": unit_id, "sampledAt": sampled_at, "data": data}
+        try:
+            await self.js.publish(
+                unit_data_subject(unit_id), encode(payload),
+                headers={"Nats-Msg-Id": f"{unit_id}@{sampled_at:.3f}"},
+            )
+        except (nats.errors.Error, TypeError) as exc:
+            log.error("records: unit data sample of %s at %.3f not published: %r",
+                      unit_id, sampled_at, exc)
+            return False
+        return True

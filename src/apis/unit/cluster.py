@@ -7,16 +7,25 @@ layer never builds hardware): pass any `DeviceDriver` per unit, e.g. the emulato
     async with cluster.running():
         await cluster.wait_for(lambda: cluster.grid_master_unit() is not None, 120)
         deals = await cluster.deals()
+
+Which unit a piece of code runs for: `CURRENT_UNIT` holds the unit id in each unit's tasks
+(and the tasks they start); with `label_handlers` also in the tasks that run its message
+handlers (the in-memory bus runs a handler in a task started from the publisher's, so without
+it a handler would carry the sender's label), and None in the handlers of the other
+endpoints made with `cluster.connect` (the observer, the demo's web UI and recorder). A log
+handler of the whole process, such as the demo's recorder, reads it to know whose line it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from apis.bus.base import JSON, Handler, Message
 from apis.bus.memory import MemoryBus, MemoryHub
 from apis.config.loader import Cluster
 from apis.hardware.driver import DeviceDriver
@@ -25,6 +34,28 @@ from apis.unit.deal import Deal
 from apis.unit.ids import IdSource, os_ids
 from apis.unit.node import Unit
 from apis.unit.registry import Registry
+
+CURRENT_UNIT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "apis_current_unit", default=None
+)
+
+
+class _LabelledBus(MemoryBus):
+    """An endpoint whose message handlers run with `CURRENT_UNIT` set to `label` (a unit's
+    id, or None: no unit's)."""
+
+    def __init__(self, hub: MemoryHub, name: str, label: str | None) -> None:
+        super().__init__(hub, name)
+        self.label = label
+
+    async def subscribe(self, subject: str, handler: Handler, queue: str | None = None) -> Any:
+        label = self.label
+
+        async def labelled(message: Message) -> JSON:
+            CURRENT_UNIT.set(label)  # this handler's own task only
+            return await handler(message)
+
+        return await super().subscribe(subject, labelled, queue)
 
 
 @dataclass
@@ -45,6 +76,7 @@ class InProcessCluster:
         deal_log_tmpdir: str | None = None,
         deal_logging: bool = True,
         unit_ids: list[str] | None = None,
+        label_handlers: bool = False,
     ) -> None:
         self.config = config
         self.drivers = dict(drivers)
@@ -54,6 +86,7 @@ class InProcessCluster:
         self.deal_log_tmpdir = deal_log_tmpdir
         self.deal_logging = deal_logging
         self.unit_ids = unit_ids if unit_ids is not None else config.unit_ids
+        self.label_handlers = label_handlers  # CURRENT_UNIT in handlers too (one more call)
         self.units: dict[str, Unit] = {}
         self.buses: dict[str, MemoryBus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -62,9 +95,15 @@ class InProcessCluster:
         self._observer: MemoryBus | None = None
         self._registry: Registry | None = None
 
+    def connect(self, name: str) -> MemoryBus:
+        """An endpoint on the cluster's hub for something that is no unit (its handlers run
+        as no unit's with `label_handlers`)."""
+        return _LabelledBus(self.hub, name, None) if self.label_handlers else self.hub.connect(name)
+
     def new_unit(self, unit_id: str) -> Unit:
         files = self.config.unit(unit_id)
-        bus = self.hub.connect(unit_id)
+        bus = (_LabelledBus(self.hub, unit_id, unit_id) if self.label_handlers
+               else self.hub.connect(unit_id))
         self.buses[unit_id] = bus
         return Unit(
             files,
@@ -80,7 +119,7 @@ class InProcessCluster:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[InProcessCluster]:
         """Start every unit; on exit stop them all and wait for them."""
-        self._observer = self.hub.connect("observer")
+        self._observer = self.connect("observer")
         self._registry = await Registry.open(self._observer)
         await self._observer.subscribe(subjects.deal_log("*"), self._on_deal_log)
         async with asyncio.TaskGroup() as tg:
@@ -113,6 +152,7 @@ class InProcessCluster:
         return unit
 
     async def _run_unit(self, unit: Unit) -> None:
+        CURRENT_UNIT.set(unit.unit_id)  # this task's context, and its tasks' copies
         try:
             await unit.run()
         finally:

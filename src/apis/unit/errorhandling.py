@@ -30,7 +30,7 @@ from typing import Any
 from apis.bus.base import Bus, BusError, Message, NoHandlers, Subscription
 from apis.config.policy import Policy
 from apis.unit import errors as actions
-from apis.unit import subjects
+from apis.unit import lifecycle, subjects
 from apis.unit.errors import ErrorRecord, local_actions
 from apis.unit.registry import Registry
 from apis.unit.state import UnitState
@@ -54,7 +54,7 @@ class ErrorHandling:
         deactivate_grid_master: Callable[[], Awaitable[None]],
         reset_local: Callable[[], Awaitable[None]],
         shutdown_local: Callable[[], None],
-        global_sink: Callable[[ErrorRecord], None],
+        global_sink: Callable[[ErrorRecord], bool],
     ) -> None:
         self.state = state
         self.policy = policy
@@ -66,7 +66,8 @@ class ErrorHandling:
         self._deactivate_grid_master = deactivate_grid_master
         self._reset_local = reset_local
         self._shutdown_local = shutdown_local
-        self._global_sink = global_sink  # the local Grid Master's cache, if any
+        # the local Grid Master's cache, if any: True if it took the error
+        self._global_sink = global_sink
         # the latest local errors handled, and actions run (loop time, action)
         self.handled: deque[ErrorRecord] = deque(maxlen=HISTORY)
         self.actions_run: deque[tuple[float, str]] = deque(maxlen=HISTORY)
@@ -92,10 +93,7 @@ class ErrorHandling:
         return record
 
     def _take(self, record: ErrorRecord) -> None:
-        if record.level == "WARN":
-            log.warning("%s", record)
-        else:
-            log.error("%s", record)
+        lifecycle.error_raised(record)
         if record.extent == "LOCAL":
             if record.unit_id == self.unit_id and record.level != "WARN":
                 self._cache_local(record)
@@ -117,10 +115,10 @@ class ErrorHandling:
         record = ErrorRecord.from_json(msg.payload, self.now())
         if record.extent == "LOCAL":
             if record.unit_id == self.unit_id and record.level != "WARN":
-                log.error("%s", record)
+                lifecycle.error_received(record)
                 self._cache_local(record)
-        elif record.unit_id in self.policy.member_unit_ids:
-            self._global_sink(record)
+        elif record.unit_id in self.policy.member_unit_ids and self._global_sink(record):
+            lifecycle.error_received(record)
         return None
 
     # ---- "has errors" --------------------------------------------------------------------
@@ -166,6 +164,7 @@ class ErrorHandling:
             for action in todo:
                 self.actions_run.append((self.now(), action))
                 await self._run(action, reasons)
+            lifecycle.errors_handled(errors, todo)
         finally:
             self.handled.extend(errors)
             self.state.last_error_handling = self.now()

@@ -35,6 +35,7 @@ from apis.bus.base import BusError, RevisionMismatch
 from apis.config.policy import Policy
 from apis.hardware.driver import APIS_TIME_FORMAT
 from apis.hardware.modes import ConverterMode
+from apis.unit import lifecycle
 from apis.unit.commands import UnitLink, UnitUnreachable
 from apis.unit.data import UnitSnapshot
 from apis.unit.deal import NOT_APPLICABLE, Deal
@@ -46,7 +47,7 @@ from apis.unit.decisions import (
     force_stop_reason,
     seconds_to_amount,
 )
-from apis.unit.errors import DealFailure, GlobalError
+from apis.unit.errors import DealFailure, ErrorRecord, GlobalError
 from apis.unit.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class DealExecution:
         if self._report_unit_error is not None:
             await self._report_unit_error(unit_id, message)
         else:
-            log.error("(HARDWARE:LOCAL:ERROR:%s) %s", unit_id, message)
+            lifecycle.error_raised(ErrorRecord(unit_id, "HARDWARE", "LOCAL", "ERROR", message))
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -410,6 +411,7 @@ class DealExecution:
                 previous_master.is_master = None
                 await self._save(previous_master)
         await self._save(deal)
+        lifecycle.deal_activated(deal, master)
         if first:
             await self._ramping_up(deal)
         else:
@@ -479,6 +481,7 @@ class DealExecution:
             await self.fetch(self.reference_unit(deal))
             deal.ramp_up_date_time = self.now_of(deal)
             await self._save(deal)
+            lifecycle.deal_ramped_up(deal, master.unit_id, master.vg)
             await self._authorization(deal)
             return
         elapsed = _seconds_between(deal.activate_date_time, self.now_of(deal))
@@ -499,8 +502,10 @@ class DealExecution:
         except (DealFailure, UnitUnreachable) as e:
             cause = str(e).removeprefix(f"{master.unit_id} : ")
             await self.link.command(master.unit_id, "WAIT")
-            deal.record_reset(self.now_of(deal), f"{master.unit_id} : {cause}")
+            reason = f"{master.unit_id} : {cause}"
+            deal.record_reset(self.now_of(deal), reason)
             await self._save(deal)
+            lifecycle.deal_reset(deal, reason)
             return
         await self._compensation(deal)
 
@@ -549,6 +554,7 @@ class DealExecution:
         deal.discharge_unit_cumulate_amount_wh = 0.0
         self._sample_power(deal)
         await self._save(deal)
+        lifecycle.deal_started(deal)
 
     async def _compensate_current(self, deal: Deal) -> None:
         """Section 6.4: trim the non-reference CC unit until the VR carries its target."""
@@ -660,6 +666,7 @@ class DealExecution:
             self._integrate(deal)
             deal.stop_date_time = self.now_of(deal)
             await self._save(deal)
+            lifecycle.deal_stopped(deal)
             await self._deactivation(deal)
             return
         reason = force_stop_reason(
@@ -700,10 +707,14 @@ class DealExecution:
             except (UnitUnreachable, BusError) as e:
                 await self._unit_failed(self.slave_unit(deal), f"deal {deal.deal_id} : {e}")
         now = self.now_of(deal)
-        if deal.started and not deal.stopped:
+        stopping = deal.started and not deal.stopped
+        if stopping:
             deal.stop_date_time = now
         deal.record_abort(now, reason)
         await self._save(deal)
+        if stopping:
+            lifecycle.deal_stopped(deal)
+        lifecycle.deal_aborted(deal, reason)
         if deal.activate_date_time == NOT_APPLICABLE:
             await self._disposition(deal)
         else:
@@ -712,6 +723,7 @@ class DealExecution:
     async def _dispose_with_abort(self, deal: Deal, reason: str) -> None:
         deal.record_abort(self.now_of(deal), reason)
         await self._save(deal)
+        lifecycle.deal_aborted(deal, reason)
         await self._disposition(deal)
 
     def _choose_new_master(self, deal: Deal, vr_unit: str | None) -> tuple[Deal, str] | None:
@@ -758,6 +770,7 @@ class DealExecution:
         deal.deactivate_date_time = now
         deal.is_master = None
         await self._save(deal)
+        lifecycle.deal_deactivated(deal)
         await self._disposition(deal)
         if lost is not None:
             raise GlobalError(

@@ -29,7 +29,7 @@ from typing import Any
 from apis.bus.base import Bus, BusError, Message, Subscription
 from apis.config.policy import Policy
 from apis.unit import errors as actions
-from apis.unit import subjects
+from apis.unit import lifecycle, subjects
 from apis.unit.commands import UnitLink
 from apis.unit.data import UnitSnapshot
 from apis.unit.deal import NOT_APPLICABLE, Deal
@@ -171,15 +171,15 @@ class GridMaster:
             str(error),
             asyncio.get_running_loop().time(),
         )
+        lifecycle.error_raised(record)
         self.take_error(record)
         self._outbox.put_nowait(record)
 
     def take_error(self, record: ErrorRecord) -> None:
-        """Cache a global error (WARN is only logged)."""
+        """Cache a global error (WARN is not cached). The caller logged it (raised or
+        received: apis.unit.lifecycle)."""
         if record.level == "WARN":
-            log.warning("%s", record)
             return
-        log.error("%s", record)
         self.global_errors.append(record)
         self.wake.set()
 
@@ -344,6 +344,7 @@ class GridMaster:
             except BusError as e:
                 log.error("GM %s: global action %s failed: %s", self.unit_id, action, e)
         self.last_global_handling = loop.time()
+        lifecycle.errors_handled(errors, todo)
         return todo
 
     async def scram(self, reasons: list[str]) -> None:
@@ -377,4 +378,5 @@ class GridMaster:
                 await self.registry.update_deal(deal, stored.revision)
             except BusError:
                 pass
+            lifecycle.deal_scrammed(deal, "; ".join(reasons))
             await self.mediator.dispose(deal.deal_id)

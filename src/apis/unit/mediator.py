@@ -28,7 +28,7 @@ from typing import Any
 
 from apis.bus.base import Bus, BusError, KeyExists, Message
 from apis.config.policy import Policy
-from apis.unit import subjects
+from apis.unit import lifecycle, subjects
 from apis.unit.capacity import BatteryCapacityLocks
 from apis.unit.controller import Controller
 from apis.unit.deal import NOT_APPLICABLE, Deal
@@ -215,6 +215,7 @@ class Mediator:
                 await self._interlock(unit, deal, "release")
             raise
         self.deals_created += 1
+        lifecycle.deal_created(deal)
         return deal
 
     async def _interlock(self, unit: str, deal: Deal, command: str) -> bool:
@@ -283,6 +284,7 @@ class Mediator:
         deal = stored.deal
         await self.bus.publish(subjects.deal_log(self.unit_id), deal.to_json())
         await self.registry.remove_deal(deal_id)
+        lifecycle.deal_disposed(deal)
         for unit in sorted({deal.charge_unit_id, deal.discharge_unit_id}, reverse=True):
             await self._interlock(unit, deal, "release")
         return deal

@@ -34,7 +34,7 @@ from apis.config.hwconfig import HwConfig
 from apis.config.loader import UnitFiles, load_model, load_scenario
 from apis.config.policy import Policy
 from apis.hardware.driver import DeviceDriver, DriverError
-from apis.unit import subjects
+from apis.unit import lifecycle, subjects
 from apis.unit.capacity import BatteryCapacityLocks
 from apis.unit.controller import Controller
 from apis.unit.data import deal_interlock_capacity
@@ -224,7 +224,7 @@ class Unit:
             registry=registry,
             instance_id=self.instance_id,
             stop_local=self._stop_local,
-            deactivate_grid_master=self.stop_grid_master,
+            deactivate_grid_master=lambda: self.stop_grid_master("local error handling"),
             reset_local=self.reset_local,
             shutdown_local=self.shutdown,
             global_sink=self._global_sink,
@@ -279,7 +279,7 @@ class Unit:
             registry=registry,
             rng=self.rng,
             start_local=self.start_grid_master,
-            stop_local=self.stop_grid_master,
+            stop_local=lambda: self.stop_grid_master("asked to deactivate (election)"),
             voltage_reference_unit=self._voltage_reference_unit,
         )
         await self.controller.acquire()
@@ -310,6 +310,8 @@ class Unit:
                 pass
         self._subscriptions.clear()
         if self.grid_master is not None and self.registry is not None:
+            lifecycle.grid_master_deactivated(self.unit_id, self.grid_master.epoch,
+                                              "unit stopping")
             self.grid_master = None
             self.state.is_grid_master = False
             try:
@@ -340,7 +342,7 @@ class Unit:
 
     async def _on_reset_all(self, msg: Message) -> Any:
         """Section 11.5: forget coordination state; a Grid Master is elected afresh."""
-        await self.stop_grid_master()
+        await self.stop_grid_master("reset all")
         self.state.deal_ids.clear()
         self.capacity.release_all()
         if self.registry is not None:
@@ -353,7 +355,7 @@ class Unit:
     async def reset_local(self) -> None:
         """Section 11.5, this unit only: stop a local Grid Master; forget deal interlocks no
         deal in the registry still needs; clear a Grid Master lock nobody answers for."""
-        await self.stop_grid_master()
+        await self.stop_grid_master("reset local")
         registry, election = self.registry, self.election
         if registry is None or election is None:
             return
@@ -371,10 +373,12 @@ class Unit:
 
     # ---- errors, modes, shutdown ------------------------------------------------------------
 
-    def _global_sink(self, record: ErrorRecord) -> None:
+    def _global_sink(self, record: ErrorRecord) -> bool:
         gm = self.grid_master
-        if gm is not None:
-            gm.take_error(record)
+        if gm is None:
+            return False
+        gm.take_error(record)
+        return True
 
     def _global_mode_changed(self, mode: str) -> None:
         gm = self.grid_master
@@ -427,7 +431,7 @@ class Unit:
             except Exception as e:
                 log.error("%s: shutdown: converter stop failed: %s", self.unit_id, e)
             self.state.stopping = True
-            await self.stop_grid_master()
+            await self.stop_grid_master(f"shutdown: {reason}")
         finally:
             self.shutdown()
 
@@ -564,6 +568,7 @@ class Unit:
             self.grid_master_history.append(
                 (asyncio.get_running_loop().time(), "activate", lock.epoch)
             )
+            lifecycle.grid_master_activated(self.unit_id, lock.epoch)
             self._gm_task = self._tg.create_task(self._run_grid_master(gm))
 
     async def _run_grid_master(self, gm: GridMaster) -> None:
@@ -573,16 +578,20 @@ class Unit:
             lost = _only_lease_lost(exc)
             if lost is not None:  # expected when the bus is gone: one line, no traceback
                 log.error("(LOGIC:LOCAL:ERROR:%s) Grid Master stopped: %s", self.unit_id, lost)
+                why = f"lease lost: {lost}"
             else:
                 log.exception("(LOGIC:LOCAL:ERROR:%s) Grid Master failed", self.unit_id)
+                why = f"failed: {exc!r}"
             if self.grid_master is gm:
+                lifecycle.grid_master_deactivated(self.unit_id, gm.epoch, why)
                 self.grid_master = None
                 self.state.is_grid_master = False
                 if self.registry is not None:
                     await self.registry.release_grid_master(self.unit_id)
 
-    async def stop_grid_master(self) -> None:
-        """Deactivation: stop the service (after its current pass), then release the lock."""
+    async def stop_grid_master(self, reason: str = "requested") -> None:
+        """Deactivation: stop the service (after its current pass), then release the lock.
+        `reason`: for the lifecycle line."""
         async with self._gm_guard:
             gm, task = self.grid_master, self._gm_task
             if gm is not None and task is not None:
@@ -592,6 +601,8 @@ class Unit:
                 self.grid_master_history.append(
                     (asyncio.get_running_loop().time(), "deactivate", gm.epoch)
                 )
+                if self.grid_master is gm:  # not already ended (and logged) by a failure
+                    lifecycle.grid_master_deactivated(self.unit_id, gm.epoch, reason)
             self.grid_master = None
             self._gm_task = None
             self.state.is_grid_master = False

@@ -18,13 +18,21 @@ class ListenError(OSError):
     """The address cannot be listened on; `strerror` names it and says why."""
 
 
+LISTEN_BACKLOG = 2048  # uvicorn's default
+
+
 def bind_listener(host: str, port: int) -> socket.socket:
-    """A socket bound to `host`:`port` (0: any free port; read it with `getsockname`)."""
+    """A socket listening on `host`:`port` (0: any free port; read it with `getsockname`).
+
+    It listens at once, so a client that connects after the command printed the address is
+    queued, not refused, while the server is still starting (uvicorn listens again with its
+    own backlog)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
         raise ListenError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None

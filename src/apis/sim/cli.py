@@ -85,6 +85,7 @@ def register(app: typer.Typer) -> None:
                           context_settings={"help_option_names": ["--help", "-h"]})
     app.add_typer(sim_app, name="sim")
     _register_validate(sim_app)
+    _register_optimise(sim_app)
 
     @sim_app.callback()
     def sim(
@@ -272,3 +273,62 @@ def _register_validate(sim_app: typer.Typer) -> None:
         typer.echo(result.table())
         if not result.passed:
             raise typer.Exit(1)
+
+
+def _register_optimise(sim_app: typer.Typer) -> None:
+    @sim_app.command("optimise")
+    def optimise(
+        param: Annotated[
+            list[str],
+            typer.Option("--param", help="NAME=LOW:HIGH or NAME=V1,V2,... (repeat): a sweep "
+                         "parameter, e.g. scenario.excess=0.4:0.9 (a share of each unit's "
+                         "capacity) or policy.mediator.deal.gridCurrentA=1,2,3."),
+        ],
+        config: Annotated[
+            Path | None, typer.Option("--config", help="Cluster directory (default: built-in).")
+        ] = None,
+        units: Annotated[
+            int | None, typer.Option("--units", "-n", min=1, help="Generate N units instead.")
+        ] = None,
+        days: Annotated[float, typer.Option(min=0.001, help="Simulated days per seed.")] = 1.0,
+        seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..K-1 per candidate.")] = 1,
+        trials: Annotated[int, typer.Option(min=1, help="Candidates for the planning "
+                                            "fidelity.")] = 40,
+        confirm: Annotated[int, typer.Option(min=0, help="Best candidates run again with the "
+                                             "faithful fidelity.")] = 3,
+        objective: Annotated[str, typer.Option(help="self-sufficiency (highest) or utility "
+                                               "(least energy bought).")] = "self-sufficiency",
+        search_seed: Annotated[int, typer.Option(help="Seed of the candidates drawn.")] = 0,
+        start: Annotated[
+            datetime | None, typer.Option(help="Calendar start (default 2020-01-01).")
+        ] = None,
+        out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path(
+            "sim-optimise"),
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    ) -> None:
+        """Search scenario and policy values with the planning fidelity for the best
+        community, then confirm the best few with faithful runs."""
+        from apis.config.errors import ConfigError
+        from apis.sim.community import DEFAULT_START, SimError, SimSettings
+        from apis.sim.optimise import optimise as run_search
+        from apis.sim.optimise import parse_parameter, write_outputs
+
+        def told(what: str, done: int, total: int) -> None:
+            if not quiet:
+                typer.echo(f"[{done}/{total}] {what}", err=True)
+
+        try:
+            base = SimSettings(config_dir=config, units=units, days=days,
+                               start=start or DEFAULT_START)
+            parameters = [parse_parameter(text) for text in param]
+            result = run_search(base, parameters, trials=trials, confirm=confirm, seeds=seeds,
+                                objective=objective, search_seed=search_seed, progress=told)
+        except (SimError, ConfigError) as error:
+            typer.echo(f"apis sim optimise: {error}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("apis sim optimise: interrupted; nothing written", err=True)
+            raise typer.Exit(130) from None
+        typer.echo(result.table())
+        for path in write_outputs(out, result):
+            typer.echo(f"wrote {path}")

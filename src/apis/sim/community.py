@@ -10,6 +10,8 @@ while it runs); sweep parameters change that copy, never the original:
 - ``battery``: every unit's `batteryNominalCapacityWh`; ``battery.scale``: a factor on each
   unit's own capacity. Both scale the Wh thresholds of the scenarios with the capacity, so a
   household keeps its attitude (status bands as shares of its battery);
+- ``scenario.<band>``: where a status band of every unit's scenario begins, as a share of
+  the unit's capacity, e.g. ``scenario.excess=0.7`` (`apis.sim.bands`);
 - ``hwConfig.<path>``: a key of every unit's hwConfig.json;
 - ``policy.<path>`` or any other dotted path, e.g. ``mediator.deal.gridCurrentA``: a key of
   policy.json (original camelCase names).
@@ -34,6 +36,7 @@ from apis.config.generate import default_cluster_dir, write_cluster
 from apis.config.loader import Cluster, find_unit_configs, load_cluster
 from apis.emulator.converter import ConverterModel
 from apis.emulator.world import DEFAULT_START as EMULATOR_START
+from apis.sim.bands import BandError, band_name, check_share, move_bands
 
 # The emulator's converter made as quick as the real EZA2500 (milliseconds): the unit's
 # checkpoints (3 reads, 100 ms apart) see the commanded current, as on hardware. The
@@ -176,8 +179,12 @@ def load_community(settings: SimSettings, directory: Path) -> Cluster:
     for config_path in find_unit_configs(directory):
         _private_paths(config_path, directory)
     cluster = load_cluster(directory)
+    bands = [(p, v) for p, v in settings.overrides if band_name(p) is not None]
     for parameter, value in settings.overrides:
-        apply_override(cluster, directory, parameter, value)
+        if band_name(parameter) is None:
+            apply_override(cluster, directory, parameter, value)
+    if bands:  # after the battery overrides: the shares are of the capacity they set
+        apply_bands(load_cluster(directory), directory, bands)
     return load_cluster(directory) if settings.overrides else cluster
 
 
@@ -206,6 +213,38 @@ def _inside(path: Path, directory: Path, parameter: str) -> Path:
             "(the simulation edits copies only)"
         )
     return resolved
+
+
+def apply_bands(cluster: Cluster, directory: Path, overrides: list[tuple[str, str]]) -> None:
+    """Move the status bands of every unit's scenario (`apis.sim.bands`), all at once."""
+    shares: dict[str, float] = {}
+    parameters: dict[str, str] = {}
+    for parameter, value in overrides:
+        band = band_name(parameter)
+        assert band is not None
+        try:
+            shares[band] = check_share(parameter, parse_value(value))
+        except BandError as error:
+            raise SimError(str(error)) from None
+        parameters[band] = f"{parameter} = {value}"
+    written: dict[Path, float] = {}
+    for unit in cluster.units:
+        capacity = unit.hw_config.battery_nominal_capacity_wh
+        path = _inside(unit.scenario_path, directory, overrides[0][0])
+        if path in written:
+            if written[path] != capacity:
+                raise SimError(
+                    f"{', '.join(p for p, _v in overrides)}: units of {capacity:g} Wh and "
+                    f"{written[path]:g} Wh share the scenario file {path.name} (a band given "
+                    "as a share of the capacity needs one capacity per file)")
+            continue
+        moves = {band: share * capacity for band, share in shares.items()}
+        try:
+            data = move_bands(_read(path), moves, parameters)
+        except BandError as error:
+            raise SimError(f"unit {unit.unit_id}: {error}") from None
+        _write(path, data)
+        written[path] = capacity
 
 
 def apply_override(cluster: Cluster, directory: Path, parameter: str, value: str) -> None:
